@@ -1,0 +1,41 @@
+# wotr — two commands on a fresh machine: `make run` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+WOTR := $(VENV)/bin/wotr
+STAMP := $(VENV)/.installed
+
+.PHONY: run test install stack-up stack-down stack-status unit contract integration lint clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## Serve API, consumer and relay on 127.0.0.1:8000, embedded profile (no servers needed).
+run: $(STAMP)
+	$(WOTR) serve
+
+## Install everything, bring the native stack up when it is not running, run every suite.
+test: $(STAMP)
+	$(WOTR) stack up
+	$(PY) -m pytest
+
+stack-up: $(STAMP)
+	$(WOTR) stack up
+
+stack-down: $(STAMP)
+	$(WOTR) stack down
+
+stack-status: $(STAMP)
+	$(WOTR) stack status
+
+lint: $(STAMP)
+	$(VENV)/bin/lint-imports
+
+clean:
+	rm -rf $(VENV) .wotr .pytest_cache

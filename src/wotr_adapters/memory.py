@@ -1,0 +1,245 @@
+"""In-memory adapters of all four ports: for unit tests and the `memory` profile.
+
+They keep the same contracts as the real adapters (the contract suites prove it). Each
+has an `outage` switch: while it is on, every call raises `Unavailable`, which lets
+tests exercise the failure paths of the services without a real outage.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from datetime import datetime, timedelta
+
+import msgspec
+
+from wotr_domain.codec import sha256_hex
+from wotr_domain.errors import NotFound, Unavailable
+from wotr_domain.models import AnalyticsRow, BusMessage, Delivery, EventMetadata, EventStatus, ObjectRef, Recorded
+
+__all__ = ["InMemoryAnalyticsSink", "InMemoryEventBus", "InMemoryMetadataRepo", "InMemoryObjectStore"]
+
+
+class _Switchable:
+    """Lifecycle and the `outage` switch shared by the in-memory adapters."""
+
+    name = "memory"
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self.outage = False
+
+    def _up(self) -> None:
+        if self.outage:
+            raise Unavailable(self.name, "simulated outage")
+
+    def start(self) -> None:
+        self._up()
+
+    def close(self) -> None:
+        pass
+
+    def check(self) -> None:
+        self._up()
+
+
+class InMemoryObjectStore(_Switchable):
+    name = "object store"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.objects: dict[str, tuple[bytes, str]] = {}
+
+    def put(self, key: str, data: bytes, content_type: str = "application/json") -> ObjectRef:
+        with self._lock:
+            self._up()
+            self.objects[key] = (bytes(data), content_type)
+        return ObjectRef(key=key, size=len(data), checksum=sha256_hex(data))
+
+    def get(self, key: str) -> bytes:
+        with self._lock:
+            self._up()
+            try:
+                return self.objects[key][0]
+            except KeyError:
+                raise NotFound(f"object {key!r} does not exist") from None
+
+    def exists(self, key: str) -> bool:
+        with self._lock:
+            self._up()
+            return key in self.objects
+
+    def delete(self, key: str) -> None:
+        with self._lock:
+            self._up()
+            self.objects.pop(key, None)
+
+    def list(self, prefix: str = "") -> Iterator[str]:
+        with self._lock:
+            self._up()
+            keys = sorted(k for k in self.objects if k.startswith(prefix))
+        return iter(keys)
+
+
+class InMemoryEventBus(_Switchable):
+    """One partition per topic; committed offsets per consumer group."""
+
+    name = "event bus"
+
+    def __init__(self, topic: str = "ingest-events") -> None:
+        super().__init__()
+        self.topic = topic
+        self.dead_letter_topic = f"{topic}.dlq"
+        self.logs: dict[str, list[BusMessage]] = {topic: [], self.dead_letter_topic: []}
+        self.committed: dict[str, int] = {}
+
+    def publish(self, messages: Sequence[BusMessage]) -> None:
+        with self._lock:
+            self._up()
+            self.logs[self.topic].extend(messages)
+
+    def messages(self, topic: str | None = None) -> list[BusMessage]:
+        with self._lock:
+            return list(self.logs[topic or self.topic])
+
+    def subscribe(self, group: str) -> _InMemorySubscription:
+        with self._lock:
+            self._up()
+            return _InMemorySubscription(self, group)
+
+    def dead_letters(self, limit: int = 100) -> list[Delivery]:
+        with self._lock:
+            self._up()
+            return [_delivery(self.dead_letter_topic, i, m) for i, m in enumerate(self.logs[self.dead_letter_topic][:limit])]
+
+
+class _InMemorySubscription:
+    def __init__(self, bus: InMemoryEventBus, group: str) -> None:
+        self._bus = bus
+        self._group = group
+        self._position = bus.committed.get(group, 0)
+
+    def poll(self, max_messages: int, timeout: float) -> list[Delivery]:
+        with self._bus._lock:
+            self._bus._up()
+            log = self._bus.logs[self._bus.topic]
+            start, end = self._position, min(len(log), self._position + max_messages)
+            self._position = end
+            return [_delivery(self._bus.topic, i, log[i]) for i in range(start, end)]
+
+    def commit(self, deliveries: Sequence[Delivery]) -> None:
+        if not deliveries:
+            return
+        with self._bus._lock:
+            self._bus._up()
+            last = max(d.offset for d in deliveries) + 1
+            self._bus.committed[self._group] = max(self._bus.committed.get(self._group, 0), last)
+
+    def dead_letter(self, delivery: Delivery, reason: str) -> None:
+        with self._bus._lock:
+            self._bus._up()
+            headers = dict(delivery.headers) | {"dlq-reason": reason, "dlq-source": f"{delivery.topic}/{delivery.partition}/{delivery.offset}"}
+            self._bus.logs[self._bus.dead_letter_topic].append(BusMessage(key=delivery.key or "", value=delivery.value, headers=headers))
+
+    def close(self) -> None:
+        pass
+
+
+def _delivery(topic: str, offset: int, m: BusMessage) -> Delivery:
+    return Delivery(key=m.key or None, value=m.value, headers=dict(m.headers), topic=topic, partition=0, offset=offset)
+
+
+class InMemoryMetadataRepo(_Switchable):
+    name = "metadata repo"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: dict[str, EventMetadata] = {}
+        self._leases: dict[str, datetime] = {}
+
+    def record(self, items: Sequence[EventMetadata]) -> list[Recorded]:
+        with self._lock:
+            self._up()
+            out = []
+            for item in items:
+                existing = self.rows.get(item.id)
+                if existing is None:
+                    self.rows[item.id] = item
+                    out.append(Recorded(metadata=item, created=True))
+                else:
+                    out.append(Recorded(metadata=existing, created=False))
+            return out
+
+    def get(self, event_id: str) -> EventMetadata:
+        with self._lock:
+            self._up()
+            try:
+                return self.rows[event_id]
+            except KeyError:
+                raise NotFound(f"event {event_id!r} does not exist") from None
+
+    def find(self, event_ids: Sequence[str]) -> dict[str, EventMetadata]:
+        with self._lock:
+            self._up()
+            return {i: self.rows[i] for i in event_ids if i in self.rows}
+
+    def mark_published(self, event_ids: Sequence[str], at: datetime) -> int:
+        with self._lock:
+            self._up()
+            changed = 0
+            for i in set(event_ids):
+                row = self.rows.get(i)
+                if row is not None and row.status is EventStatus.STORED:
+                    self.rows[i] = msgspec.structs.replace(row, status=EventStatus.PUBLISHED, published_at=at)
+                    self._leases.pop(i, None)
+                    changed += 1
+            return changed
+
+    def claim_pending(self, limit: int, older_than: datetime, lease_seconds: float) -> list[EventMetadata]:
+        with self._lock:
+            self._up()
+            now = datetime.now(older_than.tzinfo)
+            due = sorted(
+                (
+                    r
+                    for r in self.rows.values()
+                    if r.status is EventStatus.STORED
+                    and r.received_at < older_than
+                    and self._leases.get(r.id, now) <= now
+                ),
+                key=lambda r: (r.received_at, r.id),
+            )[:limit]
+            for r in due:
+                self._leases[r.id] = now + timedelta(seconds=lease_seconds)
+            return due
+
+    def count(self, status: EventStatus | None = None) -> int:
+        with self._lock:
+            self._up()
+            return sum(1 for r in self.rows.values() if status is None or r.status is status)
+
+
+class InMemoryAnalyticsSink(_Switchable):
+    name = "analytics sink"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: dict[str, AnalyticsRow] = {}
+        self.writes = 0
+
+    def write(self, rows: Sequence[AnalyticsRow]) -> None:
+        with self._lock:
+            self._up()
+            for row in rows:
+                self.rows[row.id] = row
+            self.writes += 1
+
+    def latest(self, limit: int = 10) -> list[AnalyticsRow]:
+        with self._lock:
+            self._up()
+            return sorted(self.rows.values(), key=lambda r: (r.created_at, r.id), reverse=True)[:limit]
+
+    def count(self) -> int:
+        with self._lock:
+            self._up()
+            return len(self.rows)

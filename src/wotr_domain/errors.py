@@ -1,0 +1,73 @@
+"""The one error hierarchy that crosses every port.
+
+Adapters translate their drivers' exceptions into these (`raise ... from e`), so the
+services and the API never see a library exception.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigError",
+    "Conflict",
+    "InvalidEvent",
+    "MalformedJson",
+    "NotFound",
+    "PayloadTooLarge",
+    "Unavailable",
+    "WotrError",
+]
+
+
+class WotrError(Exception):
+    """Root of every error wotr raises on purpose."""
+
+
+class InvalidEvent(WotrError):
+    """The client sent something that is not an acceptable event.
+
+    `field` names the offending field (dotted path) when one can be named.
+    """
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+
+class MalformedJson(InvalidEvent):
+    """The body is not JSON at all, as opposed to JSON of the wrong shape."""
+
+
+class PayloadTooLarge(WotrError):
+    """A request or event exceeds the configured size limit."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"body of {size} bytes exceeds the limit of {limit} bytes")
+        self.size = size
+        self.limit = limit
+
+
+class NotFound(WotrError):
+    """The object, event or row asked for does not exist."""
+
+
+class Conflict(WotrError):
+    """The request clashes with what is already stored (e.g. an id reused for other content)."""
+
+
+class Unavailable(WotrError):
+    """A dependency could not be reached or refused the operation; retrying later may work."""
+
+    def __init__(self, dependency: str, detail: str = "") -> None:
+        super().__init__(f"{dependency} is unavailable" + (f": {detail}" if detail else ""))
+        self.dependency = dependency
+        self.detail = detail
+
+
+class ConfigError(WotrError):
+    """Configuration is missing or invalid; names the variable so the operator can fix it."""
+
+    def __init__(self, variable: str, problem: str) -> None:
+        super().__init__(f"{variable} {problem}")
+        self.variable = variable
+        self.problem = problem

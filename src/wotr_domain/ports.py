@@ -1,0 +1,116 @@
+"""The four ports wotr's services depend on, in domain terms only.
+
+Every port has a lifecycle (`start`/`close`) and a readiness probe (`check`), and raises
+only `wotr_domain.errors` exceptions: `NotFound`, `Unavailable`, ... never a driver's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from datetime import datetime
+from typing import Protocol, runtime_checkable
+
+from .models import AnalyticsRow, BusMessage, Delivery, EventMetadata, EventStatus, ObjectRef, Recorded
+
+__all__ = ["AnalyticsSink", "EventBus", "MetadataRepo", "ObjectStore", "Subscription"]
+
+
+@runtime_checkable
+class Lifecycle(Protocol):
+    def start(self) -> None:
+        """Create what must exist (bucket, schema, topic); idempotent."""
+
+    def close(self) -> None:
+        """Release connections; flush what is buffered."""
+
+    def check(self) -> None:
+        """Raise `Unavailable` when the dependency cannot serve requests now."""
+
+
+@runtime_checkable
+class ObjectStore(Lifecycle, Protocol):
+    """Raw event archive: immutable blobs under keys like `raw/dt=YYYY-MM-DD/<id>.json`."""
+
+    def put(self, key: str, data: bytes, content_type: str = "application/json") -> ObjectRef: ...
+
+    def get(self, key: str) -> bytes:
+        """The object's bytes; `NotFound` when there is none."""
+
+    def exists(self, key: str) -> bool: ...
+
+    def delete(self, key: str) -> None:
+        """Remove the object; no error when it is already gone."""
+
+    def list(self, prefix: str = "") -> Iterator[str]:
+        """Keys starting with `prefix`, in lexicographic order."""
+
+
+@runtime_checkable
+class Subscription(Protocol):
+    """The consuming side of a bus: batches in, explicit commits out (at-least-once)."""
+
+    def poll(self, max_messages: int, timeout: float) -> list[Delivery]:
+        """Up to `max_messages` deliveries, waiting at most `timeout` seconds for the first."""
+
+    def commit(self, deliveries: Sequence[Delivery]) -> None:
+        """Mark everything up to these deliveries as processed for this group."""
+
+    def dead_letter(self, delivery: Delivery, reason: str) -> None:
+        """Park an undecodable message in the dead-letter topic with the reason."""
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class EventBus(Lifecycle, Protocol):
+    """Event stream keyed by event id. `publish` returns only once every message is durable."""
+
+    def publish(self, messages: Sequence[BusMessage]) -> None:
+        """Durably append all messages or raise `Unavailable` naming what failed."""
+
+    def subscribe(self, group: str) -> Subscription:
+        """A consumer in `group`, starting after the group's last committed position."""
+
+    def dead_letters(self, limit: int = 100) -> list[Delivery]:
+        """Read back the dead-letter topic (oldest first), for operators and checks."""
+
+
+@runtime_checkable
+class MetadataRepo(Lifecycle, Protocol):
+    """Event metadata and status; doubles as the outbox for events not yet published."""
+
+    def record(self, items: Sequence[EventMetadata]) -> list[Recorded]:
+        """Insert each row if its id is absent; return the stored row and whether it is new."""
+
+    def get(self, event_id: str) -> EventMetadata:
+        """The row of `event_id`; `NotFound` when there is none."""
+
+    def find(self, event_ids: Sequence[str]) -> dict[str, EventMetadata]:
+        """The rows that exist among `event_ids`."""
+
+    def mark_published(self, event_ids: Sequence[str], at: datetime) -> int:
+        """Set status `published` for these ids (one round trip); returns rows changed."""
+
+    def claim_pending(self, limit: int, older_than: datetime, lease_seconds: float) -> list[EventMetadata]:
+        """Lease up to `limit` rows still `stored`, received before `older_than`, oldest first.
+
+        A leased row is not handed to another caller until the lease expires, so several
+        relays can run at once without publishing the same rows in parallel.
+        """
+
+    def count(self, status: EventStatus | None = None) -> int:
+        """Rows in total, or with the given status."""
+
+
+@runtime_checkable
+class AnalyticsSink(Lifecycle, Protocol):
+    """Analytics table `ingested_data`: idempotent by event id."""
+
+    def write(self, rows: Sequence[AnalyticsRow]) -> None:
+        """Insert the batch in one statement; rows whose id exists collapse to one."""
+
+    def latest(self, limit: int = 10) -> list[AnalyticsRow]:
+        """Most recent rows by `created_at`, deduplicated by id."""
+
+    def count(self) -> int:
+        """Distinct events loaded."""

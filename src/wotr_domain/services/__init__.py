@@ -1,0 +1,19 @@
+"""Application services: ingest, analytics loading and the outbox relay."""
+
+from .ingest import IngestService, object_key_for
+from .loader import AnalyticsLoader, LoadOutcome, decode_batch
+from .observer import IngestObserver, LoaderObserver, NullObserver, RelayObserver
+from .relay import OutboxRelay
+
+__all__ = [
+    "AnalyticsLoader",
+    "IngestObserver",
+    "IngestService",
+    "LoadOutcome",
+    "LoaderObserver",
+    "NullObserver",
+    "OutboxRelay",
+    "RelayObserver",
+    "decode_batch",
+    "object_key_for",
+]

@@ -1,0 +1,236 @@
+"""Ingest: archive the raw event, record its metadata, publish it, mark it published.
+
+Steps 1-2 (object, metadata) are the durability point: once both succeed the event is
+accepted. Publishing is best-effort in the request path; an event whose publish failed
+stays `stored` and the outbox relay publishes it later, so nothing accepted is lost.
+A failure before the durability point removes what was written, so a refused event
+never surfaces later.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+
+from ..codec import encode, sha256_hex
+from ..errors import InvalidEvent, PayloadTooLarge, Unavailable, WotrError
+from ..ids import new_event_id, validate_event_id
+from ..models import (
+    BatchItemResult,
+    BusMessage,
+    Event,
+    EventMetadata,
+    EventStatus,
+    IngestRequest,
+    Receipt,
+)
+from ..ports import EventBus, MetadataRepo, ObjectStore
+from .observer import IngestObserver, NullObserver
+
+__all__ = ["IngestService", "object_key_for", "bus_message_for"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_EVENT_BYTES = 1024 * 1024
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def object_key_for(event_id: str, received_at: datetime) -> str:
+    """Raw archive layout: `raw/dt=YYYY-MM-DD/<id>.json`, dated by reception (UTC)."""
+    return f"raw/dt={received_at.astimezone(UTC):%Y-%m-%d}/{event_id}.json"
+
+
+def bus_message_for(event_id: str, body: bytes, object_key: str) -> BusMessage:
+    """The bus carries the archived bytes, keyed by id; headers name the id and the object."""
+    return BusMessage(
+        key=event_id,
+        value=body,
+        headers={"content-type": "application/json", "event-id": event_id, "object-key": object_key},
+    )
+
+
+class IngestService:
+    """Accepts events; the only writer of raw objects and metadata rows."""
+
+    def __init__(
+        self,
+        store: ObjectStore,
+        repo: MetadataRepo,
+        bus: EventBus,
+        *,
+        max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+        clock: Callable[[], datetime] = utcnow,
+        observer: IngestObserver | None = None,
+    ) -> None:
+        self._store = store
+        self._repo = repo
+        self._bus = bus
+        self._max_event_bytes = max_event_bytes
+        self._clock = clock
+        self._observer = observer or NullObserver()
+
+    def ingest(self, request: IngestRequest) -> Receipt:
+        """Accept one event; raises `InvalidEvent`, `PayloadTooLarge` or `Unavailable`."""
+        try:
+            prepared = self._prepare(request)
+        except WotrError:
+            self._observer.rejected(1)
+            raise
+        return self._accept([prepared])[0]
+
+    def ingest_batch(self, items: Sequence[IngestRequest | InvalidEvent]) -> list[BatchItemResult]:
+        """Accept every valid item in one pass; invalid items get their error, the rest go on.
+
+        `Unavailable` aborts the whole batch (nothing of it is accepted).
+        """
+        results: dict[int, BatchItemResult] = {}
+        prepared: list[tuple[int, _Prepared]] = []
+        for index, item in enumerate(items):
+            try:
+                if isinstance(item, InvalidEvent):
+                    raise item
+                prepared.append((index, self._prepare(item)))
+            except InvalidEvent as e:
+                results[index] = BatchItemResult(index=index, error=e.message, field=e.field)
+            except PayloadTooLarge as e:
+                results[index] = BatchItemResult(index=index, error=str(e))
+        if len(results):
+            self._observer.rejected(len(results))
+        receipts = self._accept([p for _, p in prepared]) if prepared else []
+        for (index, _), receipt in zip(prepared, receipts, strict=True):
+            results[index] = BatchItemResult(
+                index=index,
+                id=receipt.id,
+                object_key=receipt.object_key,
+                status=receipt.status.value,
+                duplicate=receipt.duplicate,
+            )
+        return [results[i] for i in range(len(items))]
+
+    # -- steps -------------------------------------------------------------------------
+
+    def _prepare(self, request: IngestRequest) -> _Prepared:
+        event_id = new_event_id() if request.id is None else validate_event_id(request.id)
+        received_at = self._clock()
+        event = Event(
+            id=event_id,
+            received_at=received_at,
+            payload=request.payload,
+            source=request.source,
+            type=request.type,
+            timestamp=request.timestamp,
+        )
+        body = encode(event)
+        if len(body) > self._max_event_bytes:
+            raise PayloadTooLarge(len(body), self._max_event_bytes)
+        return _Prepared(event, body, object_key_for(event_id, received_at))
+
+    def _accept(self, batch: list[_Prepared]) -> list[Receipt]:
+        receipts: dict[str, Receipt] = {}
+        existing = self._repo.find([p.event.id for p in batch])
+        fresh: list[_Prepared] = []
+        seen: set[str] = set()
+        for p in batch:
+            if p.event.id in existing:
+                receipts[p.event.id] = _duplicate(existing[p.event.id])
+            elif p.event.id not in seen:
+                seen.add(p.event.id)
+                fresh.append(p)
+        if fresh:
+            receipts.update(self._store_and_record(fresh))
+            self._publish([p for p in fresh if not receipts[p.event.id].duplicate])
+            for p in fresh:
+                r = receipts[p.event.id]
+                if not r.duplicate and p.published:
+                    receipts[p.event.id] = Receipt(id=r.id, object_key=r.object_key, status=EventStatus.PUBLISHED)
+        out: list[Receipt] = []
+        answered: set[str] = set()
+        for p in batch:
+            r = receipts[p.event.id]
+            if not r.duplicate and p.event.id in answered:  # the same id twice in one batch
+                r = Receipt(id=r.id, object_key=r.object_key, status=r.status, duplicate=True)
+            answered.add(p.event.id)
+            out.append(r)
+        self._observer.accepted(
+            sum(1 for r in out if not r.duplicate),
+            sum(len(p.body) for p in fresh),
+        )
+        self._observer.duplicates(sum(1 for r in out if r.duplicate))
+        return out
+
+    def _store_and_record(self, fresh: list[_Prepared]) -> dict[str, Receipt]:
+        written: list[str] = []
+        metas: list[EventMetadata] = []
+        try:
+            for p in fresh:
+                ref = self._store.put(p.key, p.body, "application/json")
+                written.append(ref.key)
+                metas.append(
+                    EventMetadata(
+                        id=p.event.id,
+                        object_key=ref.key,
+                        size=ref.size,
+                        checksum=ref.checksum,
+                        received_at=p.event.received_at,
+                        source=p.event.source,
+                        type=p.event.type,
+                    )
+                )
+            recorded = self._repo.record(metas)
+        except Unavailable:
+            self._observer.failed(len(fresh))
+            self._discard(written)
+            raise
+        receipts: dict[str, Receipt] = {}
+        for p, rec in zip(fresh, recorded, strict=True):
+            if rec.created:
+                receipts[p.event.id] = Receipt(id=p.event.id, object_key=p.key, status=EventStatus.STORED)
+            else:
+                # Lost a race with a concurrent request for the same id: the first one wins.
+                if rec.metadata.object_key != p.key:
+                    self._discard([p.key])
+                receipts[p.event.id] = _duplicate(rec.metadata)
+        return receipts
+
+    def _publish(self, accepted: list[_Prepared]) -> None:
+        if not accepted:
+            return
+        try:
+            self._bus.publish([bus_message_for(p.event.id, p.body, p.key) for p in accepted])
+        except Unavailable as e:
+            log.warning("publish deferred to the outbox relay for %d event(s): %s", len(accepted), e)
+            self._observer.publish_deferred(len(accepted))
+            return
+        self._observer.published(len(accepted))
+        for p in accepted:
+            p.published = True
+        try:
+            self._repo.mark_published([p.event.id for p in accepted], self._clock())
+        except Unavailable as e:
+            # Published but still `stored`: the relay publishes again and the sink dedupes.
+            log.warning("could not mark %d event(s) published: %s", len(accepted), e)
+
+    def _discard(self, keys: list[str]) -> None:
+        for key in keys:
+            try:
+                self._store.delete(key)
+            except WotrError as e:  # the store itself may be what failed
+                log.error("could not remove object %s of a refused event: %s", key, e)
+
+
+class _Prepared:
+    __slots__ = ("event", "body", "key", "published")
+
+    def __init__(self, event: Event, body: bytes, key: str) -> None:
+        self.event = event
+        self.body = body
+        self.key = key
+        self.published = False
+
+
+def _duplicate(meta: EventMetadata) -> Receipt:
+    return Receipt(id=meta.id, object_key=meta.object_key, status=meta.status, duplicate=True)
