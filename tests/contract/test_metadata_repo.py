@@ -1,0 +1,124 @@
+"""Contract of the MetadataRepo port: idempotent record, status changes and the outbox
+lease; run against every metadata repo adapter."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from wotr_domain.errors import NotFound, Unavailable
+from wotr_domain.models import EventMetadata, EventStatus
+
+T0 = datetime(2026, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
+
+
+def meta(event_id: str, received_at: datetime = T0, **changes) -> EventMetadata:
+    fields = dict(
+        id=event_id,
+        object_key=f"raw/dt={received_at:%Y-%m-%d}/{event_id}.json",
+        size=42,
+        checksum="ab" * 32,
+        received_at=received_at,
+        source="web",
+        type="click",
+    )
+    fields.update(changes)
+    return EventMetadata(**fields)
+
+
+def test_record_inserts_and_get_reads_back_the_same_row(metadata_repo):
+    row = meta("e-1")
+    (recorded,) = metadata_repo.record([row])
+    assert recorded.created is True
+    assert recorded.metadata == row
+    assert metadata_repo.get("e-1") == row
+    assert metadata_repo.get("e-1").status is EventStatus.STORED
+
+
+def test_recording_an_existing_id_keeps_the_first_row(metadata_repo):
+    first = meta("e-2")
+    metadata_repo.record([first])
+    (again,) = metadata_repo.record([meta("e-2", T0 + timedelta(hours=1), size=7, object_key="raw/other.json")])
+    assert again.created is False
+    assert again.metadata == first
+    assert metadata_repo.get("e-2") == first
+
+
+def test_a_batch_with_a_repeated_id_creates_it_once(metadata_repo):
+    rows = [meta("b-1"), meta("b-2"), meta("b-1", size=99)]
+    recorded = metadata_repo.record(rows)
+    assert [r.created for r in recorded] == [True, True, False]
+    assert recorded[2].metadata == rows[0]
+    assert metadata_repo.count() == 2
+
+
+def test_get_of_an_unknown_id_raises_not_found(metadata_repo):
+    with pytest.raises(NotFound):
+        metadata_repo.get("no-such-event")
+
+
+def test_find_returns_only_the_ids_that_exist(metadata_repo):
+    metadata_repo.record([meta("f-1"), meta("f-2")])
+    found = metadata_repo.find(["f-1", "f-3", "f-2"])
+    assert set(found) == {"f-1", "f-2"}
+    assert found["f-1"] == meta("f-1")
+    assert metadata_repo.find([]) == {}
+
+
+def test_mark_published_changes_status_once(metadata_repo):
+    metadata_repo.record([meta("p-1"), meta("p-2"), meta("p-3")])
+    at = T0 + timedelta(seconds=3)
+    assert metadata_repo.mark_published(["p-1", "p-2", "missing"], at) == 2
+    assert metadata_repo.mark_published(["p-1"], at) == 0
+    row = metadata_repo.get("p-1")
+    assert row.status is EventStatus.PUBLISHED
+    assert row.published_at == at
+    assert metadata_repo.get("p-3").status is EventStatus.STORED
+    assert metadata_repo.count(EventStatus.PUBLISHED) == 2
+    assert metadata_repo.count(EventStatus.STORED) == 1
+    assert metadata_repo.count() == 3
+
+
+def test_claim_pending_returns_overdue_stored_rows_oldest_first(metadata_repo):
+    rows = [meta(f"o-{i}", T0 + timedelta(seconds=i)) for i in range(5)]
+    metadata_repo.record(rows)
+    metadata_repo.mark_published(["o-1"], T0)
+    claimed = metadata_repo.claim_pending(limit=10, older_than=T0 + timedelta(seconds=4), lease_seconds=60)
+    assert [r.id for r in claimed] == ["o-0", "o-2", "o-3"]
+
+
+def test_claimed_rows_are_leased_to_one_caller(metadata_repo):
+    metadata_repo.record([meta(f"l-{i}", T0 + timedelta(seconds=i)) for i in range(4)])
+    cutoff = datetime.now(UTC)
+    first = metadata_repo.claim_pending(limit=2, older_than=cutoff, lease_seconds=60)
+    second = metadata_repo.claim_pending(limit=10, older_than=cutoff, lease_seconds=60)
+    third = metadata_repo.claim_pending(limit=10, older_than=cutoff, lease_seconds=60)
+    assert [r.id for r in first] == ["l-0", "l-1"]
+    assert [r.id for r in second] == ["l-2", "l-3"]
+    assert third == []
+
+
+def test_an_expired_lease_makes_rows_claimable_again(metadata_repo):
+    metadata_repo.record([meta("x-1")])
+    cutoff = datetime.now(UTC)
+    assert [r.id for r in metadata_repo.claim_pending(10, cutoff, lease_seconds=0)] == ["x-1"]
+    assert [r.id for r in metadata_repo.claim_pending(10, cutoff, lease_seconds=60)] == ["x-1"]
+    assert metadata_repo.claim_pending(10, cutoff, lease_seconds=60) == []
+
+
+def test_published_rows_are_never_pending(metadata_repo):
+    metadata_repo.record([meta("d-1")])
+    metadata_repo.mark_published(["d-1"], T0)
+    assert metadata_repo.claim_pending(10, datetime.now(UTC), lease_seconds=60) == []
+
+
+def test_an_unreachable_repo_raises_unavailable(down_metadata_repo):
+    with pytest.raises(Unavailable):
+        repo = down_metadata_repo()
+        repo.start()
+        repo.record([meta("u-1")])
+    with pytest.raises(Unavailable):
+        down_metadata_repo().get("u-1")
+    with pytest.raises(Unavailable):
+        down_metadata_repo().check()
