@@ -68,16 +68,17 @@ class S3Connection:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> S3Connection:
         env = os.environ if env is None else env
-        endpoint = _text(env, "MINIO_ENDPOINT", cls.endpoint)
+        d = cls()
+        endpoint = _text(env, "MINIO_ENDPOINT", d.endpoint)
         if "://" in endpoint or "/" in endpoint:
             raise ConfigError("MINIO_ENDPOINT", f"must be host:port without scheme or path, got {endpoint!r}")
         return cls(
             endpoint=endpoint,
-            access_key=_text(env, "MINIO_ACCESS_KEY", cls.access_key),
-            secret_key=_text(env, "MINIO_SECRET_KEY", cls.secret_key),
-            bucket=_text(env, "MINIO_BUCKET", cls.bucket),
-            secure=_flag(env, "MINIO_SECURE", cls.secure),
-            region=_text(env, "MINIO_REGION", cls.region),
+            access_key=_text(env, "MINIO_ACCESS_KEY", d.access_key),
+            secret_key=_text(env, "MINIO_SECRET_KEY", d.secret_key),
+            bucket=_text(env, "MINIO_BUCKET", d.bucket),
+            secure=_flag(env, "MINIO_SECURE", d.secure),
+            region=_text(env, "MINIO_REGION", d.region),
         )
 
     @property
@@ -101,7 +102,8 @@ class KafkaConnection:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> KafkaConnection:
         env = os.environ if env is None else env
-        raw_partitions = env.get("KAFKA_PARTITIONS", "").strip() or str(cls.partitions)
+        d = cls()
+        raw_partitions = env.get("KAFKA_PARTITIONS", "").strip() or str(d.partitions)
         try:
             partitions = int(raw_partitions)
         except ValueError:
@@ -109,10 +111,10 @@ class KafkaConnection:
         if partitions < 1:
             raise ConfigError("KAFKA_PARTITIONS", f"must be a positive integer, got {partitions}")
         return cls(
-            bootstrap=_text(env, "KAFKA_BOOTSTRAP", cls.bootstrap),
-            topic=_text(env, "KAFKA_TOPIC", cls.topic),
+            bootstrap=_text(env, "KAFKA_BOOTSTRAP", d.bootstrap),
+            topic=_text(env, "KAFKA_TOPIC", d.topic),
             partitions=partitions,
-            group=_text(env, "KAFKA_GROUP", cls.group),
+            group=_text(env, "KAFKA_GROUP", d.group),
         )
 
 
@@ -129,12 +131,13 @@ class PostgresConnection:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> PostgresConnection:
         env = os.environ if env is None else env
+        d = cls()
         return cls(
-            host=_text(env, "POSTGRES_HOST", cls.host),
-            port=_port(env, "POSTGRES_PORT", cls.port),
-            user=_text(env, "POSTGRES_USER", cls.user),
-            password=_text(env, "POSTGRES_PASSWORD", cls.password),
-            dbname=_text(env, "POSTGRES_DB", cls.dbname),
+            host=_text(env, "POSTGRES_HOST", d.host),
+            port=_port(env, "POSTGRES_PORT", d.port),
+            user=_text(env, "POSTGRES_USER", d.user),
+            password=_text(env, "POSTGRES_PASSWORD", d.password),
+            dbname=_text(env, "POSTGRES_DB", d.dbname),
         )
 
     @property
@@ -163,6 +166,7 @@ class ClickHouseConnection:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, *, default_dsn: str | None = None) -> ClickHouseConnection:
         env = os.environ if env is None else env
+        d = cls()
         dsn = (env.get("CLICKHOUSE_DSN") or "").strip() or None
         if dsn is None and not (env.get("CLICKHOUSE_HOST") or "").strip():
             dsn = default_dsn
@@ -170,11 +174,11 @@ class ClickHouseConnection:
             raise ConfigError("CLICKHOUSE_DSN", f"must start with chdb://, clickhouse://, http:// or https://, got {dsn!r}")
         return cls(
             dsn=dsn,
-            host=_text(env, "CLICKHOUSE_HOST", cls.host),
-            port=_port(env, "CLICKHOUSE_PORT", cls.port),
-            user=_text(env, "CLICKHOUSE_USER", cls.user),
-            password=env.get("CLICKHOUSE_PASSWORD", cls.password),
-            database=_text(env, "CLICKHOUSE_DB", cls.database),
+            host=_text(env, "CLICKHOUSE_HOST", d.host),
+            port=_port(env, "CLICKHOUSE_PORT", d.port),
+            user=_text(env, "CLICKHOUSE_USER", d.user),
+            password=env.get("CLICKHOUSE_PASSWORD", d.password),
+            database=_text(env, "CLICKHOUSE_DB", d.database),
         )
 
     @property

@@ -24,12 +24,21 @@ def sha256_hex(data: bytes) -> str:
 
 
 def _field_of(error: msgspec.ValidationError) -> str | None:
-    # msgspec reports the location as "... - at `$.payload.x`"
+    """The dotted path of the offending field, from msgspec's message.
+
+    msgspec says "... - at `$.payload.x`" for a bad value, and "Object missing required
+    field `payload`" or "Object contains unknown field `foo`" for the object itself.
+    """
     message = str(error)
-    marker = "at `$."
-    if marker in message:
-        return message.split(marker, 1)[1].rstrip("`")
-    return None
+    path = ""
+    if " - at `$" in message:
+        message, location = message.split(" - at `$", 1)
+        path = location.rstrip("`").lstrip(".")
+    for phrase in ("missing required field `", "contains unknown field `"):
+        if phrase in message:
+            name = message.split(phrase, 1)[1].split("`", 1)[0]
+            return f"{path}.{name}" if path else name
+    return path or None
 
 
 def decode_request(data: bytes | msgspec.Raw) -> IngestRequest:

@@ -10,6 +10,7 @@ __all__ = [
     "ConfigError",
     "Conflict",
     "InvalidEvent",
+    "InvalidId",
     "MalformedJson",
     "NotFound",
     "PayloadTooLarge",
@@ -34,6 +35,10 @@ class InvalidEvent(WotrError):
         self.field = field
 
 
+class InvalidId(InvalidEvent):
+    """The client-supplied event id is not acceptable."""
+
+
 class MalformedJson(InvalidEvent):
     """The body is not JSON at all, as opposed to JSON of the wrong shape."""
 
@@ -41,8 +46,8 @@ class MalformedJson(InvalidEvent):
 class PayloadTooLarge(WotrError):
     """A request or event exceeds the configured size limit."""
 
-    def __init__(self, size: int, limit: int) -> None:
-        super().__init__(f"body of {size} bytes exceeds the limit of {limit} bytes")
+    def __init__(self, size: int, limit: int, unit: str = "bytes") -> None:
+        super().__init__(f"{size} {unit} exceed the limit of {limit} {unit}")
         self.size = size
         self.limit = limit
 

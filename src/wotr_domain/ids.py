@@ -7,7 +7,7 @@ import re
 import time
 import uuid
 
-from .errors import InvalidEvent
+from .errors import InvalidId
 
 __all__ = ["new_event_id", "validate_event_id"]
 
@@ -29,7 +29,7 @@ def new_event_id() -> str:
 def validate_event_id(value: str) -> str:
     """Accept a client id that is safe as an object-key segment and a Kafka key."""
     if not _CLIENT_ID.fullmatch(value):
-        raise InvalidEvent(
+        raise InvalidId(
             "id must be 1-128 characters of letters, digits, '.', '_', ':' or '-', starting with a letter or digit",
             field="id",
         )

@@ -78,5 +78,11 @@ class AnalyticsLoader:
             self._observer.dead_lettered(len(rejects))
         return LoadOutcome(received=len(deliveries), loaded=len(rows), dead_lettered=len(rejects))
 
+    def poll(self, max_messages: int = 10_000, timeout: float = 0.5) -> list[Delivery]:
+        return self._subscription.poll(max_messages, timeout)
+
     def run_once(self, max_messages: int = 10_000, timeout: float = 0.5) -> LoadOutcome:
-        return self.handle(self._subscription.poll(max_messages, timeout))
+        return self.handle(self.poll(max_messages, timeout))
+
+    def close(self) -> None:
+        self._subscription.close()

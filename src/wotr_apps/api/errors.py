@@ -1,0 +1,70 @@
+"""Domain errors to HTTP answers: one JSON shape for every error the API returns.
+
+`{"status_code": 422, "error": "invalid_event", "detail": "...", "field": "payload"}`
+"""
+
+from __future__ import annotations
+
+from litestar import Request, Response
+from litestar.exceptions import HTTPException
+
+from wotr_domain.errors import (
+    Conflict,
+    InvalidEvent,
+    InvalidId,
+    MalformedJson,
+    NotFound,
+    PayloadTooLarge,
+    Unavailable,
+    WotrError,
+)
+
+__all__ = ["EXCEPTION_HANDLERS", "RETRY_AFTER_SECONDS", "UnsupportedMediaType", "error_response"]
+
+RETRY_AFTER_SECONDS = 5
+
+
+class UnsupportedMediaType(WotrError):
+    """The request's content type is not one the endpoint reads."""
+
+
+# (status, code) per error class; the most specific class wins (checked in order).
+_STATUS: list[tuple[type[WotrError], int, str]] = [
+    (MalformedJson, 400, "malformed_json"),
+    (InvalidId, 400, "invalid_id"),
+    (InvalidEvent, 422, "invalid_event"),
+    (PayloadTooLarge, 413, "payload_too_large"),
+    (UnsupportedMediaType, 415, "unsupported_media_type"),
+    (NotFound, 404, "not_found"),
+    (Conflict, 409, "conflict"),
+    (Unavailable, 503, "unavailable"),
+]
+
+
+def error_response(status: int, code: str, detail: str, field: str | None = None, headers: dict | None = None) -> Response:
+    body: dict[str, object] = {"status_code": status, "error": code, "detail": detail}
+    if field:
+        body["field"] = field
+    return Response(body, status_code=status, headers=headers, media_type="application/json")
+
+
+def _domain_error(_: Request, exc: WotrError) -> Response:
+    for cls, status, code in _STATUS:
+        if isinstance(exc, cls):
+            headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if status == 503 else None
+            field = exc.field if isinstance(exc, InvalidEvent) else None
+            detail = exc.message if isinstance(exc, InvalidEvent) else str(exc)
+            return error_response(status, code, detail, field, headers)
+    return error_response(500, "internal_error", "unexpected error")
+
+
+def _http_error(_: Request, exc: HTTPException) -> Response:
+    codes = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media_type"}
+    detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+    extra = getattr(exc, "extra", None)
+    if extra:  # Litestar's parameter validation says which parameter and why
+        detail = f"{detail}: {extra}"
+    return error_response(exc.status_code, codes.get(exc.status_code, "http_error"), detail, headers=exc.headers)
+
+
+EXCEPTION_HANDLERS = {WotrError: _domain_error, HTTPException: _http_error}

@@ -1,0 +1,79 @@
+"""The `wotr` command: serve, consume, relay, ingest samples, and run the native stack."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from wotr_domain.errors import ConfigError, Unavailable
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="wotr", description="wotr event-ingestion platform")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="serve the HTTP API (embedded: with consumer and relay in-process)")
+    mode = serve.add_mutually_exclusive_group()
+    mode.add_argument("--with-workers", dest="workers", action="store_true", default=None,
+                      help="also run the consumer and the relay in this process")
+    mode.add_argument("--api-only", dest="workers", action="store_false", help="serve the API alone")
+
+    for name, text in (("consume", "load events from the bus into ClickHouse"),
+                       ("relay", "publish events the API could not publish (outbox)")):
+        cmd = sub.add_parser(name, help=text)
+        cmd.add_argument("--ready-file", type=Path, help="write this file once ready; removed at exit")
+
+    ingest = sub.add_parser("ingest", help="send sample events to a running API")
+    ingest.add_argument("--url", default="http://127.0.0.1:8000", help="API base URL (default %(default)s)")
+    ingest.add_argument("-n", "--count", type=int, default=10, help="events to send (default %(default)s)")
+    ingest.add_argument("--batch", type=int, default=0, help="send through /ingest/batch in batches of this size")
+
+    stack = sub.add_parser("stack", help="the native local stack: up | down | status | logs ...", add_help=False)
+    stack.add_argument("args", nargs=argparse.REMAINDER)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    if args.command == "stack":
+        from .stack.cli import main as stack_main
+
+        return stack_main(args.args)
+    if args.command == "ingest":
+        from .sample import send_samples
+
+        return send_samples(args.url, args.count, args.batch)
+    try:
+        return _run_service(args)
+    except ConfigError as e:
+        print(f"wotr: configuration error: {e}", file=sys.stderr)
+        return 2
+    except Unavailable as e:
+        print(f"wotr: {e}", file=sys.stderr)
+        return 3
+
+
+def _run_service(args: argparse.Namespace) -> int:
+    from .container import build_container
+    from .runners import consumer_worker, relay_worker, run_until_signalled, serve
+
+    container = build_container()
+    settings = container.settings()
+    if args.command == "serve":
+        with_workers = settings.profile != "local" if args.workers is None else args.workers
+        serve(container, with_workers=with_workers)
+    elif args.command == "consume":
+        run_until_signalled(container, consumer_worker(container), args.ready_file)
+    elif args.command == "relay":
+        run_until_signalled(container, relay_worker(container), args.ready_file)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
