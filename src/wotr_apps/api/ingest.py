@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import anyio.to_thread
 from litestar import Request, Response, post
+from litestar.di import NamedDependency
 
 from wotr_domain.codec import decode_request, decode_requests
 from wotr_domain.errors import InvalidEvent, PayloadTooLarge
@@ -37,7 +38,7 @@ async def _body(request: Request, limit: int) -> bytes:
 
 
 @post("/ingest", status_code=202, summary="Ingest one event")
-async def ingest_one(request: Request, ingest: IngestService, limits: dict) -> Response[Receipt]:
+async def ingest_one(request: Request, ingest: NamedDependency[IngestService], limits: NamedDependency[dict]) -> Response[Receipt]:
     """Body `{"payload": {...}}` with optional `id`, `source`, `type`, `timestamp`.
 
     202 with the receipt for a new event; 200 with the first receipt for a repeated id.
@@ -74,7 +75,7 @@ def parse_batch(body: bytes, media_type: str, max_events: int) -> list[IngestReq
 
 
 @post("/ingest/batch", status_code=202, summary="Ingest a batch of events (JSON array or NDJSON)")
-async def ingest_batch(request: Request, ingest: IngestService, limits: dict) -> Response[dict]:
+async def ingest_batch(request: Request, ingest: NamedDependency[IngestService], limits: NamedDependency[dict]) -> Response[dict]:
     """Per-event results in input order: 202 when every event was accepted, 207 when some
     were rejected, 422 when none was."""
     body = await _body(request, limits["batch_bytes"])

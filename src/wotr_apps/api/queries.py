@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Response, get
-from litestar.params import Parameter
+from litestar.di import NamedDependency
+from litestar.params import FromPath, Parameter
 
 from wotr_domain.errors import WotrError
 from wotr_domain.models import AnalyticsRow, EventMetadata
@@ -17,13 +18,13 @@ __all__ = ["event_metadata", "health", "latest_rows", "ready"]
 
 
 @get("/events/{event_id:str}", sync_to_thread=True, summary="Metadata and status of one event")
-def event_metadata(event_id: str, metadata_repo: MetadataRepo) -> EventMetadata:
+def event_metadata(event_id: FromPath[str], metadata_repo: NamedDependency[MetadataRepo]) -> EventMetadata:
     return metadata_repo.get(event_id)
 
 
 @get("/analytics/latest", sync_to_thread=True, summary="Latest rows of wotr.ingested_data")
 def latest_rows(
-    analytics_sink: AnalyticsSink, limit: int = Parameter(default=10, ge=1, le=1000)
+    analytics_sink: NamedDependency[AnalyticsSink], limit: int = Parameter(default=10, ge=1, le=1000)
 ) -> list[AnalyticsRow]:
     """The newest rows by `created_at`, one per event (the seed's `ORDER BY created_at DESC`)."""
     return analytics_sink.latest(limit)
@@ -35,7 +36,7 @@ async def health() -> dict[str, str]:
 
 
 @get("/ready", sync_to_thread=True, summary="Every dependency answers")
-def ready(dependencies: dict[str, Any]) -> Response[dict]:
+def ready(dependencies: NamedDependency[dict[str, Any]]) -> Response[dict]:
     checks: dict[str, str] = {}
     for name, adapter in dependencies.items():
         try:
