@@ -4,20 +4,29 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 WOTR := $(VENV)/bin/wotr
-STAMP := $(VENV)/.installed
+STAMP := $(VENV)/.installed-test
+RUN_STAMP := $(VENV)/.installed-run
 
 .PHONY: run test install stack-up stack-down stack-status unit contract integration lint clean
 
-$(STAMP): pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+
+# What `make run` needs: the API and the embedded adapters, no drivers for servers.
+$(RUN_STAMP): pyproject.toml | $(VENV)/bin/python
+	$(PY) -m pip install --quiet -e '.[api,embedded,telemetry]'
+	touch $(RUN_STAMP)
+
+# Everything: every adapter's driver, Spark, and the test tools.
+$(STAMP): pyproject.toml | $(VENV)/bin/python
 	$(PY) -m pip install --quiet -e '.[test]'
-	touch $(STAMP)
+	touch $(STAMP) $(RUN_STAMP)
 
 install: $(STAMP)
 
 ## Serve API, consumer and relay on 127.0.0.1:8000, embedded profile (no servers needed).
-run: $(STAMP)
+run: $(RUN_STAMP)
 	$(WOTR) serve
 
 ## Install everything, bring the native stack up when it is not running, run every suite.
