@@ -141,6 +141,10 @@ class _InMemorySubscription:
             headers = dict(delivery.headers) | {"dlq-reason": reason, "dlq-source": f"{delivery.topic}/{delivery.partition}/{delivery.offset}"}
             self._bus.logs[self._bus.dead_letter_topic].append(BusMessage(key=delivery.key or "", value=delivery.value, headers=headers))
 
+    def lag(self) -> dict[int, int]:
+        with self._bus._lock:
+            return {0: len(self._bus.logs[self._bus.topic]) - self._bus.committed.get(self._group, 0)}
+
     def close(self) -> None:
         pass
 

@@ -128,5 +128,12 @@ class _SqliteSubscription:
         }
         self._bus._append(self._bus.dead_letter_topic, [BusMessage(key=delivery.key or "", value=delivery.value, headers=headers)])
 
+    def lag(self) -> dict[int, int]:
+        rows = self._bus._db.query(
+            "SELECT count(*) FROM messages WHERE topic = ? AND seq >= ?",
+            (self._bus.topic, self._bus._committed(self._group)),
+        )
+        return {0: rows[0][0]}
+
     def close(self) -> None:
         pass

@@ -11,6 +11,8 @@ from wotr_domain.errors import ConfigError, Unavailable
 
 __all__ = ["main"]
 
+METRICS_PORTS = {"consume": 9464, "relay": 9465}
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="wotr", description="wotr event-ingestion platform")
@@ -26,6 +28,8 @@ def _parser() -> argparse.ArgumentParser:
                        ("relay", "publish events the API could not publish (outbox)")):
         cmd = sub.add_parser(name, help=text)
         cmd.add_argument("--ready-file", type=Path, help="write this file once ready; removed at exit")
+        cmd.add_argument("--metrics-port", type=int, default=None,
+                         help=f"serve /metrics on 127.0.0.1:PORT (default WOTR_METRICS_PORT or {METRICS_PORTS[name]}; 0 disables)")
 
     ingest = sub.add_parser("ingest", help="send sample events to a running API")
     ingest.add_argument("--url", default="http://127.0.0.1:8000", help="API base URL (default %(default)s)")
@@ -62,16 +66,25 @@ def main(argv: list[str] | None = None) -> int:
 def _run_service(args: argparse.Namespace) -> int:
     from .container import build_container
     from .runners import consumer_worker, relay_worker, run_until_signalled, serve
+    from .settings import Settings
+    from .telemetry import Telemetry
 
-    container = build_container()
-    settings = container.settings()
+    settings = Settings.from_env()
+    telemetry = Telemetry(f"wotr-{args.command}")
+    container = build_container(settings, observers=telemetry)
     if args.command == "serve":
         with_workers = settings.profile != "local" if args.workers is None else args.workers
-        serve(container, with_workers=with_workers)
-    elif args.command == "consume":
-        run_until_signalled(container, consumer_worker(container), args.ready_file)
-    elif args.command == "relay":
-        run_until_signalled(container, relay_worker(container), args.ready_file)
+        serve(container, telemetry, with_workers=with_workers)
+        return 0
+    port = args.metrics_port if args.metrics_port is not None else (settings.metrics_port or METRICS_PORTS[args.command])
+    if args.command == "consume":
+        worker = consumer_worker(container, telemetry)
+        deps = {"event_bus": container.event_bus(), "analytics_sink": container.analytics_sink()}
+    else:
+        worker = relay_worker(container)
+        deps = {"object_store": container.object_store(), "metadata_repo": container.metadata_repo(),
+                "event_bus": container.event_bus()}
+    run_until_signalled(container, worker, telemetry, deps, metrics_port=port, ready_file=args.ready_file)
     return 0
 
 

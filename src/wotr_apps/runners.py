@@ -7,8 +7,10 @@ import logging
 import signal
 import threading
 from pathlib import Path
+from typing import Any
 
 from .container import Container
+from .telemetry import Telemetry
 from .workers import WorkerThread, run_consumer, run_relay
 
 __all__ = ["consumer_worker", "relay_worker", "run_until_signalled", "serve"]
@@ -16,7 +18,7 @@ __all__ = ["consumer_worker", "relay_worker", "run_until_signalled", "serve"]
 log = logging.getLogger(__name__)
 
 
-def consumer_worker(container: Container) -> WorkerThread:
+def consumer_worker(container: Container, telemetry: Telemetry | None = None) -> WorkerThread:
     """The consumer thread; its subscription and sink are built (and fail) here, not later."""
     settings = container.settings()
     loader = container.analytics_loader()
@@ -27,6 +29,7 @@ def consumer_worker(container: Container) -> WorkerThread:
             stop,
             batch_size=settings.consumer_batch_size,
             batch_seconds=settings.consumer_batch_seconds,
+            on_lag=telemetry.record_lag if telemetry else None,
         ),
     )
 
@@ -40,20 +43,31 @@ def relay_worker(container: Container) -> WorkerThread:
     )
 
 
-def serve(container: Container, *, with_workers: bool) -> None:
+def serve(container: Container, telemetry: Telemetry, *, with_workers: bool) -> None:
     """Serve the API with uvicorn; with workers, the consumer and relay run in-process."""
     import uvicorn
 
     from .api import create_app
 
     settings = container.settings()
-    workers = [consumer_worker(container), relay_worker(container)] if with_workers else []
-    app = create_app(container, workers=workers)
+    workers = [consumer_worker(container, telemetry), relay_worker(container)] if with_workers else []
+    app = create_app(container, workers=workers, telemetry=telemetry)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", timeout_graceful_shutdown=10)
 
 
-def run_until_signalled(container: Container, worker: WorkerThread, ready_file: Path | None = None) -> None:
-    """Run one worker in the foreground until SIGTERM or SIGINT; then stop it cleanly."""
+def run_until_signalled(
+    container: Container,
+    worker: WorkerThread,
+    telemetry: Telemetry,
+    dependencies: dict[str, Any],
+    *,
+    metrics_port: int,
+    ready_file: Path | None = None,
+) -> None:
+    """Run one worker in the foreground until SIGTERM or SIGINT; then stop it cleanly.
+
+    Metrics are served on 127.0.0.1:`metrics_port` (0: not served).
+    """
     stopped = threading.Event()
 
     def _stop(signum: int, _frame: object) -> None:
@@ -62,12 +76,16 @@ def run_until_signalled(container: Container, worker: WorkerThread, ready_file: 
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    if metrics_port:
+        telemetry.serve(metrics_port)
+    telemetry.start_sampling(dependencies, repo=dependencies.get("metadata_repo"))
     worker.start()
     print("ready", flush=True)
     if ready_file is not None:
         ready_file.write_text("ready\n")
     stopped.wait()
     worker.stop(timeout=30)
+    telemetry.shutdown()
     container.shutdown_resources()
     if ready_file is not None:
         ready_file.unlink(missing_ok=True)

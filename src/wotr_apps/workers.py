@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 
 from wotr_domain.errors import Unavailable
@@ -39,11 +40,18 @@ def run_consumer(
     *,
     batch_size: int,
     batch_seconds: float,
-    on_ready: Callable[[], None] = lambda: None,
+    on_lag: Callable[[dict[int, int]], None] | None = None,
+    lag_every: float = 5.0,
 ) -> None:
     backoff = Backoff()
-    on_ready()
+    next_lag = 0.0
     while not stop.is_set():
+        if on_lag is not None and time.monotonic() >= next_lag:
+            next_lag = time.monotonic() + lag_every
+            try:
+                on_lag(loader.lag())
+            except Unavailable as e:
+                log.debug("consumer: lag unknown: %s", e)
         try:
             batch = loader.poll(batch_size, batch_seconds)
         except Unavailable as e:

@@ -58,6 +58,9 @@ class Subscription(Protocol):
     def dead_letter(self, delivery: Delivery, reason: str) -> None:
         """Park an undecodable message in the dead-letter topic with the reason."""
 
+    def lag(self) -> dict[int, int]:
+        """Messages not yet committed by this group, per partition (for monitoring)."""
+
     def close(self) -> None: ...
 
 

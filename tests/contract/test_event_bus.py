@@ -146,3 +146,22 @@ def test_an_unreachable_bus_raises_unavailable(down_event_bus):
         bus.publish(_messages(1))
     with pytest.raises(Unavailable):
         down_event_bus().check()
+
+
+def test_lag_counts_what_the_group_has_not_committed(event_bus):
+    g = group()
+    event_bus.publish(_messages(6))
+    sub = event_bus.subscribe(g)
+    try:
+        got = drain(sub, 6)
+        deadline = time.monotonic() + 15
+        while sum(sub.lag().values()) != 6 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert sum(sub.lag().values()) == 6
+        sub.commit(got)
+        deadline = time.monotonic() + 15
+        while sum(sub.lag().values()) != 0 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert sum(sub.lag().values()) == 0
+    finally:
+        sub.close()

@@ -165,3 +165,24 @@ def test_latest_analytics_rows_after_the_consumer_ran(container):
 def test_openapi_schema_lists_the_endpoints(client):
     paths = client.get("/schema/openapi.json").json()["paths"]
     assert {"/ingest", "/ingest/batch", "/events/{event_id}", "/analytics/latest", "/health", "/ready"} <= set(paths)
+
+
+def test_metrics_count_outcomes_and_http_requests():
+    from wotr_apps.telemetry import Telemetry
+
+    telemetry = Telemetry("wotr-test")
+    container = build_container(Settings.from_env({"WOTR_PROFILE": "memory"}), observers=telemetry)
+    with TestClient(create_app(container, telemetry=telemetry)) as client:
+        client.post("/ingest", json={"payload": {"n": 1}})
+        client.post("/ingest", json={"id": "same", "payload": {}})
+        client.post("/ingest", json={"id": "same", "payload": {}})
+        client.post("/ingest", json={"payload": "not an object"})
+        text = client.get("/metrics").text
+    samples = {
+        line.split("{")[0] + "|" + line.split('outcome="')[1].split('"')[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("wotr_ingest_total{")
+    }
+    assert samples == {"wotr_ingest_total|accepted": 2.0, "wotr_ingest_total|duplicate": 1.0, "wotr_ingest_total|rejected": 1.0}
+    assert 'http_server_request_duration_seconds_count{' in text
+    assert 'http_response_status_code="422"' in text and 'http_route="POST /ingest"' in text

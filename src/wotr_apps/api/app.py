@@ -15,14 +15,17 @@ import anyio.to_thread
 from litestar import Litestar
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
+from litestar.plugins.opentelemetry import OpenTelemetryConfig, OpenTelemetryPlugin
 
 from wotr_domain.ports import AnalyticsSink, MetadataRepo
 from wotr_domain.services import IngestService
 
 from ..container import Container
+from ..telemetry import Telemetry
 from ..workers import WorkerThread
 from .errors import EXCEPTION_HANDLERS
 from .ingest import ingest_batch, ingest_one
+from .metrics import metrics_route
 from .queries import event_metadata, health, latest_rows, ready
 
 __all__ = ["create_app"]
@@ -34,8 +37,7 @@ def create_app(
     container: Container,
     *,
     workers: Sequence[WorkerThread] = (),
-    plugins: Sequence[Any] = (),
-    extra_routes: Sequence[Any] = (),
+    telemetry: Telemetry | None = None,
 ) -> Litestar:
     settings = container.settings()
     limits = {
@@ -55,6 +57,8 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_: Litestar) -> AsyncIterator[None]:
         await anyio.to_thread.run_sync(container.ingest_service)  # starts the adapters
+        if telemetry is not None:
+            telemetry.start_sampling(dependencies(), repo=container.metadata_repo())
         for worker in workers:
             worker.start()
         log.info("wotr API ready on profile %s", settings.profile)
@@ -63,10 +67,20 @@ def create_app(
         finally:
             for worker in workers:
                 await anyio.to_thread.run_sync(worker.stop)
+            if telemetry is not None:
+                telemetry.shutdown()
             await anyio.to_thread.run_sync(container.shutdown_resources)
 
+    routes: list[Any] = [ingest_one, ingest_batch, event_metadata, latest_rows, health, ready]
+    plugins: list[Any] = []
+    if telemetry is not None:
+        routes.append(metrics_route(telemetry))
+        plugins.append(
+            OpenTelemetryPlugin(OpenTelemetryConfig(meter_provider=telemetry.provider, exclude=["/metrics"]))
+        )
+
     return Litestar(
-        route_handlers=[ingest_one, ingest_batch, event_metadata, latest_rows, health, ready, *extra_routes],
+        route_handlers=routes,
         dependencies={
             "ingest": Provide(lambda: container.ingest_service(), sync_to_thread=False),
             "metadata_repo": Provide(lambda: container.metadata_repo(), sync_to_thread=False),
@@ -77,7 +91,7 @@ def create_app(
         signature_types=[IngestService, MetadataRepo, AnalyticsSink],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=[lifespan],
-        plugins=list(plugins),
+        plugins=plugins,
         request_max_body_size=max(settings.max_body_bytes, settings.max_batch_bytes) + 1,
         openapi_config=OpenAPIConfig(title="wotr", version="0.1.0", description="Event ingestion API"),
     )

@@ -7,7 +7,7 @@ from litestar import Request, Response, post
 from litestar.di import NamedDependency
 
 from wotr_domain.codec import decode_request, decode_requests
-from wotr_domain.errors import InvalidEvent, PayloadTooLarge
+from wotr_domain.errors import InvalidEvent, PayloadTooLarge, WotrError
 from wotr_domain.models import BatchItemResult, IngestRequest, Receipt
 from wotr_domain.services import IngestService
 
@@ -43,10 +43,14 @@ async def ingest_one(request: Request, ingest: NamedDependency[IngestService], l
 
     202 with the receipt for a new event; 200 with the first receipt for a repeated id.
     """
-    media_type = _media_type(request)
-    if not _is_json(media_type):
-        raise UnsupportedMediaType(f"content type must be application/json, got {media_type or 'none'!r}")
-    event = decode_request(await _body(request, limits["body"]))
+    try:
+        media_type = _media_type(request)
+        if not _is_json(media_type):
+            raise UnsupportedMediaType(f"content type must be application/json, got {media_type or 'none'!r}")
+        event = decode_request(await _body(request, limits["body"]))
+    except WotrError:
+        ingest.note_rejected()
+        raise
     receipt = await anyio.to_thread.run_sync(ingest.ingest, event)
     return Response(receipt, status_code=200 if receipt.duplicate else 202)
 
@@ -78,8 +82,12 @@ def parse_batch(body: bytes, media_type: str, max_events: int) -> list[IngestReq
 async def ingest_batch(request: Request, ingest: NamedDependency[IngestService], limits: NamedDependency[dict]) -> Response[dict]:
     """Per-event results in input order: 202 when every event was accepted, 207 when some
     were rejected, 422 when none was."""
-    body = await _body(request, limits["batch_bytes"])
-    items = parse_batch(body, _media_type(request), limits["batch_events"])
+    try:
+        body = await _body(request, limits["batch_bytes"])
+        items = parse_batch(body, _media_type(request), limits["batch_events"])
+    except WotrError:
+        ingest.note_rejected()
+        raise
     results: list[BatchItemResult] = await anyio.to_thread.run_sync(ingest.ingest_batch, items)
     rejected = sum(1 for r in results if r.error is not None)
     status = 202 if rejected == 0 else (422 if rejected == len(results) else 207)

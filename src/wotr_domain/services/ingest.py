@@ -73,6 +73,10 @@ class IngestService:
         self._clock = clock
         self._observer = observer or NullObserver()
 
+    def note_rejected(self, events: int = 1) -> None:
+        """Count input refused before it reached the service (undecodable, too large, wrong type)."""
+        self._observer.rejected(events)
+
     def ingest(self, request: IngestRequest) -> Receipt:
         """Accept one event; raises `InvalidEvent`, `PayloadTooLarge` or `Unavailable`."""
         try:

@@ -84,5 +84,8 @@ class AnalyticsLoader:
     def run_once(self, max_messages: int = 10_000, timeout: float = 0.5) -> LoadOutcome:
         return self.handle(self.poll(max_messages, timeout))
 
+    def lag(self) -> dict[int, int]:
+        return self._subscription.lag()
+
     def close(self) -> None:
         self._subscription.close()

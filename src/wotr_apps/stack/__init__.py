@@ -1,0 +1,10 @@
+"""The native local stack: Kafka, an S3 server, PostgreSQL and Prometheus without Docker.
+
+`wotr stack up` (or `python -m wotr_apps.stack up`) installs what is missing, starts
+each service on 127.0.0.1 and writes the endpoints to `<stack home>/run/env`.
+"""
+
+from .process import StackError
+from .stack import SERVICE_NAMES, ServiceStatus, Stack
+
+__all__ = ["SERVICE_NAMES", "ServiceStatus", "Stack", "StackError"]

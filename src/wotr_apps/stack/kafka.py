@@ -1,0 +1,116 @@
+"""Apache Kafka in KRaft combined mode (one node), run from jars resolved by Maven."""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import shutil
+from pathlib import Path
+
+from wotr_adapters.connections import KafkaConnection
+
+from .paths import render_template
+from .process import StackError, run_logged, say
+from .service import Service
+
+__all__ = ["KAFKA_VERSION", "Kafka"]
+
+KAFKA_VERSION = "4.4.0"
+LOG4J_VERSION = "2.26.1"
+BROKER_PORT = int(KafkaConnection().bootstrap.rsplit(":", 1)[1])
+CONTROLLER_PORT = BROKER_PORT + 1
+
+
+def _java() -> str:
+    home = os.environ.get("JAVA_HOME")
+    if home and Path(home, "bin", "java").exists():
+        return str(Path(home, "bin", "java"))
+    found = shutil.which("java")
+    if not found:
+        raise StackError("kafka needs Java 17 or newer on PATH (apt-get install openjdk-17-jre-headless)")
+    return found
+
+
+class Kafka(Service):
+    name = "kafka"
+    port = BROKER_PORT
+    marker = "kafka.Kafka"
+    start_timeout = 120.0
+
+    @property
+    def ports(self) -> tuple[int, ...]:
+        return (BROKER_PORT, CONTROLLER_PORT)
+
+    @property
+    def libs(self) -> Path:
+        return self.paths.cache / f"kafka-{KAFKA_VERSION}" / "libs"
+
+    @property
+    def config_file(self) -> Path:
+        return self.paths.run / "kafka-server.properties"
+
+    @property
+    def log4j_file(self) -> Path:
+        return self.paths.run / "kafka-log4j2.xml"
+
+    def exports(self) -> dict[str, str]:
+        return {"KAFKA_BOOTSTRAP": self.endpoint}
+
+    def install(self) -> None:
+        if (self.libs / ".complete").exists():
+            return
+        if not shutil.which("mvn"):
+            raise StackError("kafka: Maven (mvn) is needed once to fetch the Kafka jars (apt-get install maven)")
+        work = self.libs.parent
+        work.mkdir(parents=True, exist_ok=True)
+        pom = work / "pom.xml"
+        pom.write_text(render_template("kafka-pom.xml", kafka_version=KAFKA_VERSION, log4j_version=LOG4J_VERSION))
+        staging = work / "libs.partial"
+        shutil.rmtree(staging, ignore_errors=True)
+        repo = self.paths.cache / "maven-repo"
+        say(f"kafka: resolving Kafka {KAFKA_VERSION} jars with Maven into {self.libs}")
+        run_logged(["mvn", "-q", "-B", "-f", str(pom), "dependency:copy-dependencies",
+                    f"-DoutputDirectory={staging}", f"-Dmaven.repo.local={repo}"],
+                   log_file=self.paths.log("install-kafka"), what="kafka: mvn dependency:copy-dependencies")
+        shutil.rmtree(self.libs, ignore_errors=True)
+        staging.rename(self.libs)
+        (self.libs / ".complete").write_text(f"kafka_2.13 {KAFKA_VERSION}\n")
+        shutil.rmtree(repo, ignore_errors=True)  # the libs folder is all the broker needs
+
+    def _java_command(self, main: str, *args: str, heap: str = "512M") -> list[str]:
+        return [_java(), f"-Xmx{heap}", f"-Xms{heap}", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
+                "-Djava.awt.headless=true", f"-Dlog4j2.configurationFile={self.log4j_file}",
+                f"-Dkafka.logs.dir={self.paths.logs}", "-cp", f"{self.libs}/*", main, *args]
+
+    def prepare(self) -> None:
+        log_dir = self.data_dir / "kraft-logs"
+        self.config_file.write_text(render_template(
+            "kafka-server.properties", broker_port=BROKER_PORT, controller_port=CONTROLLER_PORT, log_dir=log_dir))
+        self.log4j_file.write_text(render_template("kafka-log4j2.xml"))
+        if (log_dir / "meta.properties").exists():
+            return
+        id_file = self.data_dir / "cluster-id"
+        if not id_file.exists():
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            id_file.write_text(base64.urlsafe_b64encode(os.urandom(16)).rstrip(b"=").decode() + "\n")
+        cluster_id = id_file.read_text().strip()
+        run_logged(self._java_command("kafka.tools.StorageTool", "format", "-t", cluster_id,
+                                      "-c", str(self.config_file), "--standalone", heap="256M"),
+                   log_file=self.log_file, what="kafka: format storage")
+
+    def command(self) -> list[str]:
+        return self._java_command("kafka.Kafka", str(self.config_file))
+
+    def probe(self) -> None:
+        from confluent_kafka.admin import AdminClient
+
+        quiet = logging.getLogger("wotr.stack.kafka-probe")
+        quiet.addHandler(logging.NullHandler())
+        quiet.propagate = False
+        admin = AdminClient({"bootstrap.servers": self.endpoint, "socket.timeout.ms": 3000,
+                             "socket.connection.setup.timeout.ms": 2000, "logger": quiet})
+        metadata = admin.list_topics(timeout=3)
+        if not metadata.brokers:
+            raise StackError("kafka answered without any broker in its metadata")
+

@@ -1,0 +1,55 @@
+"""Prometheus from Debian's packages with our own config and storage, loopback only."""
+
+from __future__ import annotations
+
+import urllib.request
+from pathlib import Path
+
+from .paths import render_template
+from .process import StackError
+from .service import HOST, Service
+
+__all__ = ["Prometheus", "SCRAPE_TARGETS"]
+
+PROMETHEUS_BIN = Path("/usr/bin/prometheus")
+# The wotr processes Prometheus scrapes: API, consumer and outbox relay.
+SCRAPE_TARGETS = {"wotr-api": f"{HOST}:8000", "wotr-consumer": f"{HOST}:9464", "wotr-relay": f"{HOST}:9465"}
+
+
+class Prometheus(Service):
+    name = "prometheus"
+    port = 9090
+    marker = "prometheus"
+    start_timeout = 60.0
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.endpoint}"
+
+    @property
+    def config_file(self) -> Path:
+        return self.paths.run / "prometheus.yml"
+
+    def exports(self) -> dict[str, str]:
+        return {"PROMETHEUS_URL": self.url}
+
+    def apt_packages(self) -> list[str]:
+        return [] if PROMETHEUS_BIN.exists() else ["prometheus"]
+
+    def prepare(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.config_file.write_text(render_template(
+            "prometheus.yml", scrape_interval="5s", api_target=SCRAPE_TARGETS["wotr-api"],
+            consumer_target=SCRAPE_TARGETS["wotr-consumer"], relay_target=SCRAPE_TARGETS["wotr-relay"],
+            self_target=self.endpoint))
+
+    def command(self) -> list[str]:
+        return [str(PROMETHEUS_BIN), f"--config.file={self.config_file}",
+                f"--storage.tsdb.path={self.data_dir}", f"--web.listen-address={self.endpoint}",
+                "--storage.tsdb.retention.time=7d", "--web.enable-lifecycle"]
+
+    def probe(self) -> None:
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: never via a proxy
+        with opener.open(f"{self.url}/-/ready", timeout=3) as response:
+            if response.status != 200:
+                raise StackError(f"prometheus /-/ready answered {response.status}")

@@ -1,0 +1,135 @@
+"""What every native service provides to the stack: install, configure, run, probe."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+from typing import Mapping
+
+from .paths import StackPaths
+from .process import StackError, alive, port_open, read_pid, tail
+
+__all__ = ["HOST", "Service"]
+
+HOST = "127.0.0.1"
+
+
+class Service:
+    """One server of the stack; subclasses fill in the hooks."""
+
+    name: str = ""
+    port: int = 0
+    marker: str = ""  # a string in the process's command line that identifies it
+    stop_signal: int = signal.SIGTERM
+    start_timeout: float = 60.0
+
+    def __init__(self, paths: StackPaths) -> None:
+        self.paths = paths
+
+    # -- description -------------------------------------------------------------
+    @property
+    def endpoint(self) -> str:
+        return f"{HOST}:{self.port}"
+
+    @property
+    def ports(self) -> tuple[int, ...]:
+        """Every port the service binds on 127.0.0.1."""
+        return (self.port,)
+
+    def exports(self) -> dict[str, str]:
+        """The environment variables wotr reads to reach this service."""
+        return {}
+
+    @property
+    def data_dir(self) -> Path:
+        return self.paths.data / self.name
+
+    @property
+    def log_file(self) -> Path:
+        return self.paths.log(self.name)
+
+    @property
+    def pid_file(self) -> Path:
+        return self.paths.pid(self.name)
+
+    # -- installation and set-up ---------------------------------------------------
+    def apt_packages(self) -> list[str]:
+        """Debian packages this service still lacks (installed together, once)."""
+        return []
+
+    def install(self) -> None:
+        """Fetch or build what is missing into the cache; a no-op when cached."""
+
+    def prepare(self) -> None:
+        """Write configs and initialise data (format, initdb) before each start."""
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def spawn_env(self) -> Mapping[str, str] | None:
+        return None
+
+    def run_as(self) -> str | None:
+        return None
+
+    def spawn_cwd(self) -> Path | None:
+        return None
+
+    # -- health --------------------------------------------------------------------
+    def probe(self) -> None:
+        """Raise when the service does not answer a real request."""
+        raise NotImplementedError
+
+    def probe_starting(self) -> None:
+        """The probe used while waiting for a fresh start (defaults to `probe`)."""
+        self.probe()
+
+    def after_ready(self) -> None:
+        """One-time objects the stack provides (database, bucket); idempotent."""
+
+    def healthy(self) -> tuple[bool, str]:
+        if not port_open(HOST, self.port):
+            return False, f"nothing listening on {self.endpoint}"
+        try:
+            self.probe()
+        except Exception as exc:  # any failure means unhealthy; the text says why
+            return False, f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
+        return True, "ok"
+
+    # -- process state -------------------------------------------------------------
+    def pid(self) -> int | None:
+        pid = read_pid(self.pid_file)
+        return pid if alive(pid, self.marker) else None
+
+    def wait_ready(self, timeout: float) -> None:
+        """Poll the probe until it answers; fail naming the service with its log's tail."""
+        deadline = time.monotonic() + timeout
+        last = "no answer yet"
+        while True:
+            if self.pid() is None:
+                raise StackError(f"{self.name} exited during start-up; last lines of {self.log_file}:\n"
+                                 f"{tail(self.log_file)}")
+            try:
+                self.probe_starting()
+                break
+            except Exception as exc:  # keep polling until the deadline
+                last = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+            if time.monotonic() > deadline:
+                raise StackError(f"{self.name} did not become healthy on {self.endpoint} within {timeout:.0f}s "
+                                 f"(last probe: {last}); last lines of {self.log_file}:\n{tail(self.log_file)}")
+            time.sleep(0.5)
+        self.after_ready()
+        self.probe()
+
+    def wipe(self) -> None:
+        """Remove this service's data (the cache is kept)."""
+        import shutil
+
+        if self.data_dir.is_symlink():
+            target = self.data_dir.resolve()
+            self.data_dir.unlink()
+            shutil.rmtree(target, ignore_errors=True)
+        else:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+
