@@ -137,3 +137,16 @@ def test_raw_objects_are_compact_json(ingest, store):
     raw = store.get(receipt.object_key)
     assert msgspec.json.decode(raw)["payload"] == {"a": [1, 2]}
     assert b"\n" not in raw
+
+
+def test_after_a_failed_publish_the_bus_is_skipped_for_a_while(ingest, bus, repo, clock):
+    bus.outage = True
+    ingest.ingest(IngestRequest(payload={"n": 1}))
+    bus.outage = False
+    paused = ingest.ingest(IngestRequest(payload={"n": 2}))
+    assert paused.status is EventStatus.STORED and bus.messages() == []
+    clock.advance(6)
+    resumed = ingest.ingest(IngestRequest(payload={"n": 3}))
+    assert resumed.status is EventStatus.PUBLISHED
+    assert [m.key for m in bus.messages()] == [resumed.id]
+    assert repo.count(EventStatus.STORED) == 2

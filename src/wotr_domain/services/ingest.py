@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from ..codec import encode, sha256_hex
 from ..errors import InvalidEvent, PayloadTooLarge, Unavailable, WotrError
@@ -65,7 +65,10 @@ class IngestService:
         max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
         clock: Callable[[], datetime] = utcnow,
         observer: IngestObserver | None = None,
+        publish_pause: float = 5.0,
     ) -> None:
+        self._publish_pause = publish_pause
+        self._publish_paused_until: datetime | None = None
         self._store = store
         self._repo = repo
         self._bus = bus
@@ -201,14 +204,24 @@ class IngestService:
         return receipts
 
     def _publish(self, accepted: list[_Prepared]) -> None:
+        """Publish now, or leave it to the relay while the bus is known to be down.
+
+        After a failed publish, requests skip the bus for `publish_pause` seconds, so an
+        outage costs one timeout, not one per request.
+        """
         if not accepted:
+            return
+        if self._publish_paused_until is not None and self._clock() < self._publish_paused_until:
+            self._observer.publish_deferred(len(accepted))
             return
         try:
             self._bus.publish([bus_message_for(p.event.id, p.body, p.key) for p in accepted])
         except Unavailable as e:
             log.warning("publish deferred to the outbox relay for %d event(s): %s", len(accepted), e)
+            self._publish_paused_until = self._clock() + timedelta(seconds=self._publish_pause)
             self._observer.publish_deferred(len(accepted))
             return
+        self._publish_paused_until = None
         self._observer.published(len(accepted))
         for p in accepted:
             p.published = True
