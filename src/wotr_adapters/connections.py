@@ -42,6 +42,13 @@ def _port(env: Mapping[str, str], name: str, default: int) -> int:
     return port
 
 
+def _identifier(env: Mapping[str, str], name: str, default: str) -> str:
+    value = _text(env, name, default)
+    if not value.replace("_", "a").isalnum() or value[0].isdigit():
+        raise ConfigError(name, f"must be a plain SQL identifier, got {value!r}")
+    return value
+
+
 def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
     raw = env.get(name)
     if raw is None or raw.strip() == "":
@@ -120,13 +127,14 @@ class KafkaConnection:
 
 @dataclass(frozen=True, slots=True)
 class PostgresConnection:
-    """A PostgreSQL server: `POSTGRES_HOST/PORT/USER/PASSWORD/DB`."""
+    """A PostgreSQL server: `POSTGRES_HOST/PORT/USER/PASSWORD/DB` (and `POSTGRES_SCHEMA`)."""
 
     host: str = "127.0.0.1"
     port: int = 5433
     user: str = "wotr"
     password: str = "wotr"
     dbname: str = "wotr"
+    schema: str = "public"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> PostgresConnection:
@@ -138,6 +146,7 @@ class PostgresConnection:
             user=_text(env, "POSTGRES_USER", d.user),
             password=_text(env, "POSTGRES_PASSWORD", d.password),
             dbname=_text(env, "POSTGRES_DB", d.dbname),
+            schema=_identifier(env, "POSTGRES_SCHEMA", d.schema),
         )
 
     @property

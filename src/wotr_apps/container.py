@@ -63,10 +63,10 @@ def _postgres_pool(settings: Settings) -> Iterator[Any]:
         pool.close()
 
 
-def _postgres_repo(pool: Any) -> Any:
+def _postgres_repo(pool: Any, settings: Settings) -> Any:
     from wotr_adapters.postgres import PostgresMetadataRepo
 
-    return PostgresMetadataRepo(pool)
+    return PostgresMetadataRepo(pool, schema=settings.postgres.schema)
 
 
 class Container(containers.DeclarativeContainer):
@@ -96,7 +96,7 @@ class Container(containers.DeclarativeContainer):
             embedded=providers.Singleton(
                 SqliteMetadataRepo, providers.Callable(lambda s: s.data_dir / "metadata.db", settings)
             ),
-            local=providers.Singleton(_postgres_repo, postgres_pool),
+            local=providers.Singleton(_postgres_repo, postgres_pool, settings),
         ),
     )
     event_bus = providers.Resource(
