@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
             print(stack.logs(args.service, args.lines))
         elif args.command == "env":
             _print_env(stack.env())
-    except StackError as exc:
+    except (StackError, OSError) as exc:
         print(f"wotr stack: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

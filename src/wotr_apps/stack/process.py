@@ -33,6 +33,9 @@ __all__ = [
 ]
 
 
+_ROTATE_BYTES = 20 * 1024 * 1024
+
+
 class StackError(RuntimeError):
     """A stack operation failed; the message says which service and why."""
 
@@ -83,6 +86,8 @@ def spawn(
 ) -> int:
     """Start `command` in its own session with output appended to `log_file`."""
     log_file.parent.mkdir(parents=True, exist_ok=True)
+    if log_file.exists() and log_file.stat().st_size > _ROTATE_BYTES:
+        log_file.replace(log_file.with_name(log_file.name + ".1"))  # keep one previous log
     with open(log_file, "ab") as log:
         log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} starting: {' '.join(command)}\n".encode())
         log.flush()
