@@ -23,6 +23,8 @@ from wotr_adapters.memory import InMemoryAnalyticsSink, InMemoryEventBus, InMemo
 from wotr_adapters.sqlite_bus import SqliteEventBus
 from wotr_adapters.sqlite_metadata import SqliteMetadataRepo
 
+import real_adapters
+
 Factory = Callable[[pytest.FixtureRequest, Path], Any]
 
 
@@ -40,6 +42,7 @@ def _outage(adapter: Any) -> Any:
 OBJECT_STORES: dict[str, Factory] = {
     "memory": lambda request, tmp: InMemoryObjectStore(),
     "filesystem": lambda request, tmp: FilesystemObjectStore(tmp / "objects"),
+    "minio": real_adapters.minio_store,
 }
 
 
@@ -53,6 +56,7 @@ def _under_a_file(tmp: Path) -> Path:
 DOWN_OBJECT_STORES: dict[str, Factory] = {
     "memory": lambda request, tmp: _outage(InMemoryObjectStore()),
     "filesystem": lambda request, tmp: FilesystemObjectStore(_under_a_file(tmp) / "objects"),
+    "minio": real_adapters.down_minio_store,
 }
 
 # -- event buses -----------------------------------------------------------------------
@@ -60,11 +64,13 @@ DOWN_OBJECT_STORES: dict[str, Factory] = {
 EVENT_BUSES: dict[str, Factory] = {
     "memory": lambda request, tmp: InMemoryEventBus(topic=unique("t")),
     "sqlite": lambda request, tmp: SqliteEventBus(tmp / "bus.db", topic=unique("t")),
+    "kafka": real_adapters.kafka_event_bus,
 }
 
 DOWN_EVENT_BUSES: dict[str, Factory] = {
     "memory": lambda request, tmp: _outage(InMemoryEventBus()),
     "sqlite": lambda request, tmp: SqliteEventBus(_under_a_file(tmp) / "bus.db"),
+    "kafka": real_adapters.down_kafka_bus,
 }
 
 # -- metadata repos --------------------------------------------------------------------
@@ -72,11 +78,13 @@ DOWN_EVENT_BUSES: dict[str, Factory] = {
 METADATA_REPOS: dict[str, Factory] = {
     "memory": lambda request, tmp: InMemoryMetadataRepo(),
     "sqlite": lambda request, tmp: SqliteMetadataRepo(tmp / "metadata.db"),
+    "postgres": real_adapters.postgres_repo,
 }
 
 DOWN_METADATA_REPOS: dict[str, Factory] = {
     "memory": lambda request, tmp: _outage(InMemoryMetadataRepo()),
     "sqlite": lambda request, tmp: SqliteMetadataRepo(_under_a_file(tmp) / "metadata.db"),
+    "postgres": real_adapters.down_postgres_repo,
 }
 
 # -- analytics sinks -------------------------------------------------------------------

@@ -1,0 +1,257 @@
+"""PostgreSQL metadata repository (and outbox) on psycopg 3 with a connection pool.
+
+Every operation is one or two statements per batch, whatever its size. The outbox lease
+uses `FOR UPDATE SKIP LOCKED`, so relays running at once never claim the same row.
+The schema is versioned: `start()` applies the missing migrations under an advisory lock.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+from wotr_domain.errors import NotFound, Unavailable
+from wotr_domain.models import EventMetadata, EventStatus, Recorded
+
+from .connections import PostgresConnection
+
+__all__ = ["PostgresMetadataRepo", "postgres_pool"]
+
+log = logging.getLogger(__name__)
+
+DEPENDENCY = "postgresql"
+
+# Each entry is one schema version; never edit a released entry, append a new one.
+MIGRATIONS: list[list[str]] = [
+    [
+        """CREATE TABLE {schema}.event_metadata (
+            id           text PRIMARY KEY,
+            object_key   text NOT NULL,
+            size         bigint NOT NULL,
+            checksum     text NOT NULL,
+            received_at  timestamptz NOT NULL,
+            status       text NOT NULL CHECK (status IN ('stored', 'published')),
+            published_at timestamptz,
+            source       text,
+            type         text,
+            lease_until  timestamptz
+        )""",
+        # The outbox scan: only pending rows, in claim order.
+        """CREATE INDEX event_metadata_pending ON {schema}.event_metadata (received_at, id COLLATE "C")
+            WHERE status = 'stored'""",
+    ],
+]
+
+_COLUMNS = "id, object_key, size, checksum, received_at, status, published_at, source, type"
+
+
+def postgres_pool(
+    conn: PostgresConnection,
+    *,
+    min_size: int = 1,
+    max_size: int = 8,
+    timeout: float = 5.0,
+    connect_timeout: int = 3,
+) -> Any:
+    """An unopened pool whose sessions run in UTC; `timeout` bounds the wait for a connection."""
+    from psycopg_pool import ConnectionPool
+
+    return ConnectionPool(
+        conn.conninfo,
+        min_size=min_size,
+        max_size=max_size,
+        timeout=timeout,
+        open=False,
+        name="wotr-metadata",
+        kwargs={"connect_timeout": connect_timeout, "options": "-c TimeZone=UTC", "application_name": "wotr"},
+    )
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    return None if value is None else value.astimezone(UTC)
+
+
+def _row(r: tuple) -> EventMetadata:
+    return EventMetadata(
+        id=r[0], object_key=r[1], size=r[2], checksum=r[3], received_at=_utc(r[4]),
+        status=EventStatus(r[5]), published_at=_utc(r[6]), source=r[7], type=r[8],
+    )
+
+
+class PostgresMetadataRepo:
+    """Table `<schema>.event_metadata`.
+
+    `pool` is a psycopg pool, or a function building one (e.g. `partial(postgres_pool,
+    conn)`): with a function, a `start()` that timed out can simply be retried, because
+    a pool that failed to open cannot be reopened.
+    """
+
+    def __init__(self, pool: Any | Callable[[], Any], *, schema: str = "public", start_timeout: float = 10.0) -> None:
+        from psycopg import sql
+
+        self._make_pool = pool if callable(pool) else None
+        self._pool = None if callable(pool) else pool
+        self.schema = schema
+        self.start_timeout = start_timeout
+        self._sql = sql
+        table = sql.Identifier(schema, "event_metadata")
+        q = lambda text: sql.SQL(text).format(table=table, columns=sql.SQL(_COLUMNS))  # noqa: E731
+        self._insert = q(
+            "INSERT INTO {table} ({columns}) SELECT * FROM unnest("
+            "%s::text[], %s::text[], %s::bigint[], %s::text[], %s::timestamptz[], %s::text[], "
+            "%s::timestamptz[], %s::text[], %s::text[]) ON CONFLICT (id) DO NOTHING RETURNING id"
+        )
+        self._select_ids = q("SELECT {columns} FROM {table} WHERE id = ANY(%s)")
+        self._mark = q(
+            "UPDATE {table} SET status = 'published', published_at = %s, lease_until = NULL "
+            "WHERE id = ANY(%s) AND status = 'stored'"
+        )
+        # The database clock times leases, so relays on different hosts agree on expiry.
+        self._claim = q(
+            "UPDATE {table} SET lease_until = statement_timestamp() + make_interval(secs => %(lease)s::float8) "
+            "WHERE id IN (SELECT id FROM {table} WHERE status = 'stored' AND received_at < %(older)s "
+            "AND (lease_until IS NULL OR lease_until <= statement_timestamp()) "
+            'ORDER BY received_at, id COLLATE "C" LIMIT %(limit)s FOR UPDATE SKIP LOCKED) '
+            "RETURNING {columns}"
+        )
+        self._count_all = q("SELECT count(*) FROM {table}")
+        self._count_status = q("SELECT count(*) FROM {table} WHERE status = %s")
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    def start(self) -> None:
+        from psycopg_pool import PoolClosed, PoolTimeout
+
+        if self._pool is None or (self._make_pool is not None and self._pool.closed):
+            self._pool = self._make_pool()
+        try:
+            self._pool.open(wait=True, timeout=self.start_timeout)
+        except PoolTimeout as e:
+            raise Unavailable(DEPENDENCY, f"no connection within {self.start_timeout:g}s: {self._probe()}") from e
+        except PoolClosed as e:  # a pool given built, closed by an earlier failed start
+            raise Unavailable(DEPENDENCY, f"the connection pool is closed: {e}") from e
+        with self._cursor() as cur:
+            self._migrate(cur)
+
+    def _probe(self) -> str:
+        """Why the pool could not connect: one direct attempt names the real cause."""
+        import psycopg
+
+        try:
+            psycopg.connect(self._pool.conninfo, **self._pool.kwargs).close()
+        except psycopg.Error as e:
+            return str(e).strip()
+        return "connection pool did not fill"
+
+    def _migrate(self, cur: Any) -> None:
+        sql = self._sql
+        schema = sql.Identifier(self.schema)
+        cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"wotr-metadata-migrations:{self.schema}",))
+        cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(schema))
+        versions = sql.Identifier(self.schema, "schema_version")
+        cur.execute(sql.SQL(
+            "CREATE TABLE IF NOT EXISTS {} (version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+        ).format(versions))
+        cur.execute(sql.SQL("SELECT coalesce(max(version), 0) FROM {}").format(versions))
+        current = cur.fetchone()[0]
+        for version, statements in enumerate(MIGRATIONS[current:], start=current + 1):
+            for statement in statements:
+                cur.execute(sql.SQL(statement).format(schema=schema))
+            cur.execute(sql.SQL("INSERT INTO {} (version) VALUES (%s)").format(versions), (version,))
+            log.info("metadata schema %s migrated to version %d", self.schema, version)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+
+    def check(self) -> None:
+        with self._cursor(timeout=min(self.start_timeout, 3.0)) as cur:
+            cur.execute("SELECT 1")
+
+    @contextmanager
+    def _cursor(self, *, timeout: float | None = None) -> Iterator[Any]:
+        """A cursor in one transaction on a pooled connection (committed when the block
+        ends, rolled back on error); driver and pool errors become `Unavailable`."""
+        import psycopg
+        from psycopg_pool import PoolClosed, PoolTimeout
+
+        if self._pool is None:
+            raise Unavailable(DEPENDENCY, "repository not started")
+        try:
+            with self._pool.connection(timeout=timeout) as conn, conn.cursor() as cur:
+                yield cur
+        except PoolClosed as e:
+            raise Unavailable(DEPENDENCY, "repository not started or already closed") from e
+        except PoolTimeout as e:
+            raise Unavailable(DEPENDENCY, f"no connection available: {e}") from e
+        except psycopg.Error as e:
+            raise Unavailable(DEPENDENCY, f"{type(e).__name__}: {str(e).strip()}") from e
+
+    # -- operations ----------------------------------------------------------------
+
+    def record(self, items: Sequence[EventMetadata]) -> list[Recorded]:
+        if not items:
+            return []
+        first: dict[str, EventMetadata] = {}
+        for item in items:
+            first.setdefault(item.id, item)
+        rows = list(first.values())
+        columns = (
+            [m.id for m in rows], [m.object_key for m in rows], [m.size for m in rows],
+            [m.checksum for m in rows], [m.received_at for m in rows], [m.status.value for m in rows],
+            [m.published_at for m in rows], [m.source for m in rows], [m.type for m in rows],
+        )
+        with self._cursor() as cur:
+            cur.execute(self._insert, columns)
+            created = {r[0] for r in cur.fetchall()}
+            others = [i for i in first if i not in created]
+            existing: dict[str, EventMetadata] = {}
+            if others:  # rows already there, possibly committed by a concurrent caller
+                cur.execute(self._select_ids, (others,))
+                existing = {r[0]: _row(r) for r in cur.fetchall()}
+        out: list[Recorded] = []
+        answered: set[str] = set()
+        for item in items:
+            if item.id in created:
+                out.append(Recorded(metadata=first[item.id], created=item.id not in answered))
+                answered.add(item.id)
+            else:
+                out.append(Recorded(metadata=existing.get(item.id, first[item.id]), created=False))
+        return out
+
+    def get(self, event_id: str) -> EventMetadata:
+        found = self.find([event_id])
+        if event_id not in found:
+            raise NotFound(f"event {event_id!r} does not exist")
+        return found[event_id]
+
+    def find(self, event_ids: Sequence[str]) -> dict[str, EventMetadata]:
+        if not event_ids:
+            return {}
+        with self._cursor() as cur:
+            cur.execute(self._select_ids, (list(event_ids),))
+            return {r[0]: _row(r) for r in cur.fetchall()}
+
+    def mark_published(self, event_ids: Sequence[str], at: datetime) -> int:
+        if not event_ids:
+            return 0
+        with self._cursor() as cur:
+            cur.execute(self._mark, (at, list(event_ids)))
+            return cur.rowcount
+
+    def claim_pending(self, limit: int, older_than: datetime, lease_seconds: float) -> list[EventMetadata]:
+        with self._cursor() as cur:
+            cur.execute(self._claim, {"lease": lease_seconds, "older": older_than, "limit": limit})
+            rows = [_row(r) for r in cur.fetchall()]
+        return sorted(rows, key=lambda r: (r.received_at, r.id))  # RETURNING has no order
+
+    def count(self, status: EventStatus | None = None) -> int:
+        with self._cursor() as cur:
+            if status is None:
+                cur.execute(self._count_all)
+            else:
+                cur.execute(self._count_status, (EventStatus(status).value,))
+            return cur.fetchone()[0]
