@@ -16,6 +16,8 @@ the adapters layer and must not import `wotr_apps`.
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import os
 import re
 import subprocess
@@ -119,8 +121,6 @@ class _Services:
 
 def _container_class(module: str, name: str) -> Any:
     """A testcontainers class; the `community` package layout first, the older one second."""
-    import importlib
-
     for prefix in ("testcontainers.community.", "testcontainers."):
         try:
             return getattr(importlib.import_module(prefix + module), name)
@@ -205,9 +205,7 @@ def clickhouse_connection(_wotr_services: _Services, tmp_path_factory: pytest.Te
         return ClickHouseConnection.from_env(_merged({
             "CLICKHOUSE_HOST": server.get_container_host_ip(), "CLICKHOUSE_PORT": str(server.get_exposed_port(8123)),
             "CLICKHOUSE_USER": "wotr", "CLICKHOUSE_PASSWORD": "wotr"}))
-    try:
-        import chdb  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("chdb") is None:
         _unavailable("no ClickHouse: set CLICKHOUSE_HOST or CLICKHOUSE_DSN, run Docker, or install wotr[embedded]")
     path = tmp_path_factory.mktemp(f"chdb-{os.getpid()}", numbered=True)
     return ClickHouseConnection.from_env(default_dsn=f"chdb://{path}")

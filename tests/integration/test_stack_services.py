@@ -188,12 +188,12 @@ def test_status_lists_every_service_running_and_healthy(native_stack):
     assert done.returncode == 0, done.stdout + done.stderr
     lines = {line.split()[0]: line for line in done.stdout.splitlines()[1:]}
     assert set(lines) == {"kafka", "s3", "postgres", "prometheus"}
-    endpoints = {"kafka": "127.0.0.1:9092", "s3": "127.0.0.1:9000", "postgres": "127.0.0.1:5433",
-                 "prometheus": "127.0.0.1:9090"}
     for name, line in lines.items():
+        service = native_stack.services[name]
         fields = line.split()
-        assert fields[1:3] == ["running", str(native_stack.services[name].pid())], line
-        assert fields[3] == endpoints[name] and fields[4] == "healthy", line
+        assert fields[1:3] == ["running", str(service.pid())], line
+        assert fields[3] == service.endpoint and fields[4] == "healthy", line
+        assert service.endpoint.startswith("127.0.0.1:")
 
 
 def test_second_up_is_fast_starts_nothing_and_prints_the_env(native_stack):
@@ -209,15 +209,18 @@ def test_second_up_is_fast_starts_nothing_and_prints_the_env(native_stack):
     exported = dict(line.removeprefix("export ").split("=", 1) for line in done.stdout.splitlines())
     written = dict(line.split("=", 1) for line in stack_env_file().read_text().splitlines())
     assert exported == written
-    assert S3Connection.from_env(written) == S3Connection()
-    assert KafkaConnection.from_env(written).bootstrap == "127.0.0.1:9092"
-    assert PostgresConnection.from_env(written) == PostgresConnection()
-    assert written["PROMETHEUS_URL"] == "http://127.0.0.1:9090"
+    ports = {name: service.port for name, service in native_stack.services.items()}
+    assert S3Connection.from_env(written) == S3Connection(endpoint=f"127.0.0.1:{ports['s3']}")
+    assert KafkaConnection.from_env(written).bootstrap == f"127.0.0.1:{ports['kafka']}"
+    assert PostgresConnection.from_env(written) == PostgresConnection(port=ports["postgres"])
+    assert written["PROMETHEUS_URL"] == f"http://127.0.0.1:{ports['prometheus']}"
+    if not os.environ.get("WOTR_STACK_PORT_OFFSET"):  # the defaults wotr's settings assume
+        assert ports == {"kafka": 9092, "s3": 9000, "postgres": 5433, "prometheus": 9090}
 
 
 def test_one_service_stops_and_starts_again_keeping_its_data(native_stack, unique_name: str):
     s3 = native_stack.services["s3"]
-    client = _minio(S3Connection())
+    client = _minio(S3Connection.from_env(native_stack.env()))
     client.make_bucket(unique_name)
     client.put_object(unique_name, "kept.txt", io.BytesIO(b"still here"), 10)
     others = {name: pid for name, pid in _pids(native_stack).items() if name != "s3"}

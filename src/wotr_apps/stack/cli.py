@@ -64,8 +64,8 @@ def _status(stack: Stack) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
-    stack = Stack()
     try:
+        stack = Stack()
         if args.command in {"up", "start", "restart"}:
             names = [*args.services, *getattr(args, "only", [])]
             began = time.monotonic()
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
             print(stack.logs(args.service, args.lines))
         elif args.command == "env":
             _print_env(stack.env())
-    except (StackError, OSError) as exc:
+    except (StackError, OSError, ValueError) as exc:
         print(f"wotr stack: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -19,7 +19,6 @@ __all__ = ["KAFKA_VERSION", "Kafka"]
 KAFKA_VERSION = "4.4.0"
 LOG4J_VERSION = "2.26.1"
 BROKER_PORT = int(KafkaConnection().bootstrap.rsplit(":", 1)[1])
-CONTROLLER_PORT = BROKER_PORT + 1
 
 
 def _java() -> str:
@@ -34,13 +33,17 @@ def _java() -> str:
 
 class Kafka(Service):
     name = "kafka"
-    port = BROKER_PORT
+    default_port = BROKER_PORT
     marker = "kafka.Kafka"
     start_timeout = 120.0
 
     @property
     def ports(self) -> tuple[int, ...]:
-        return (BROKER_PORT, CONTROLLER_PORT)
+        return (self.port, self.controller_port)
+
+    @property
+    def controller_port(self) -> int:
+        return self.port + 1
 
     @property
     def libs(self) -> Path:
@@ -79,14 +82,14 @@ class Kafka(Service):
         shutil.rmtree(repo, ignore_errors=True)  # the libs folder is all the broker needs
 
     def _java_command(self, main: str, *args: str, heap: str = "512M") -> list[str]:
-        return [_java(), f"-Xmx{heap}", f"-Xms{heap}", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
+        return [_java(), f"-Xmx{heap}", f"-Xms{heap}", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20", "-XX:+ExitOnOutOfMemoryError",
                 "-Djava.awt.headless=true", f"-Dlog4j2.configurationFile={self.log4j_file}",
                 f"-Dkafka.logs.dir={self.paths.logs}", "-cp", f"{self.libs}/*", main, *args]
 
     def prepare(self) -> None:
         log_dir = self.data_dir / "kraft-logs"
         self.config_file.write_text(render_template(
-            "kafka-server.properties", broker_port=BROKER_PORT, controller_port=CONTROLLER_PORT, log_dir=log_dir))
+            "kafka-server.properties", broker_port=self.port, controller_port=self.controller_port, log_dir=log_dir))
         self.log4j_file.write_text(render_template("kafka-log4j2.xml"))
         if (log_dir / "meta.properties").exists():
             return

@@ -12,7 +12,19 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-__all__ = ["StackPaths", "default_home", "render_template"]
+__all__ = ["StackPaths", "default_home", "port_offset", "render_template"]
+
+
+def port_offset() -> int:
+    """`WOTR_STACK_PORT_OFFSET` shifts every port, e.g. to run a second stack beside the first."""
+    raw = os.environ.get("WOTR_STACK_PORT_OFFSET", "").strip() or "0"
+    try:
+        offset = int(raw)
+    except ValueError:
+        raise ValueError(f"WOTR_STACK_PORT_OFFSET must be an integer, got {raw!r}") from None
+    if not 0 <= offset < 50000:
+        raise ValueError(f"WOTR_STACK_PORT_OFFSET must be between 0 and 49999, got {offset}")
+    return offset
 
 
 def default_home() -> Path:
@@ -27,6 +39,7 @@ class StackPaths:
     """The directory layout under one stack home."""
 
     home: Path
+    port_offset: int = 0
 
     @property
     def cache(self) -> Path:

@@ -49,7 +49,7 @@ def _traversable_by(user: pwd.struct_passwd, path: Path) -> bool:
 
 class Postgres(Service):
     name = "postgres"
-    port = _DEFAULTS.port
+    default_port = _DEFAULTS.port
     marker = "bin/postgres"
     stop_signal = signal.SIGINT  # "fast" shutdown: does not wait for clients to leave
     start_timeout = 60.0

@@ -18,7 +18,7 @@ SCRAPE_TARGETS = {"wotr-api": f"{HOST}:8000", "wotr-consumer": f"{HOST}:9464", "
 
 class Prometheus(Service):
     name = "prometheus"
-    port = 9090
+    default_port = 9090
     marker = "prometheus"
     start_timeout = 60.0
 

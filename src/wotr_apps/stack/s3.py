@@ -33,7 +33,7 @@ def _xattr_supported(path: Path) -> bool:
 
 class S3(Service):
     name = "s3"
-    port = int(_DEFAULTS.endpoint.rsplit(":", 1)[1])
+    default_port = int(_DEFAULTS.endpoint.rsplit(":", 1)[1])
     marker = "versitygw"
     start_timeout = 30.0
 

@@ -19,7 +19,7 @@ class Service:
     """One server of the stack; subclasses fill in the hooks."""
 
     name: str = ""
-    port: int = 0
+    default_port: int = 0
     marker: str = ""  # a string in the process's command line that identifies it
     stop_signal: int = signal.SIGTERM
     start_timeout: float = 60.0
@@ -28,6 +28,10 @@ class Service:
         self.paths = paths
 
     # -- description -------------------------------------------------------------
+    @property
+    def port(self) -> int:
+        return self.default_port + self.paths.port_offset
+
     @property
     def endpoint(self) -> str:
         return f"{HOST}:{self.port}"
@@ -109,7 +113,7 @@ class Service:
         while True:
             if self.pid() is None:
                 raise StackError(f"{self.name} exited during start-up; last lines of {self.log_file}:\n"
-                                 f"{tail(self.log_file)}")
+                                 f"{tail(self.log_file, 20)}")
             try:
                 self.probe_starting()
                 break
@@ -117,7 +121,7 @@ class Service:
                 last = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
             if time.monotonic() > deadline:
                 raise StackError(f"{self.name} did not become healthy on {self.endpoint} within {timeout:.0f}s "
-                                 f"(last probe: {last}); last lines of {self.log_file}:\n{tail(self.log_file)}")
+                                 f"(last probe: {last}); last lines of {self.log_file}:\n{tail(self.log_file, 20)}")
             time.sleep(0.5)
         self.after_ready()
         self.probe()

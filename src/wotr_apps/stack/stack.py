@@ -16,7 +16,7 @@ from typing import Iterable
 
 from .apt import apt_install
 from .kafka import Kafka
-from .paths import StackPaths, default_home
+from .paths import StackPaths, default_home, port_offset
 from .postgres import Postgres
 from .process import StackError, file_lock, port_open, say, spawn, tail, terminate
 from .prometheus import Prometheus
@@ -48,7 +48,7 @@ class Stack:
     """
 
     def __init__(self, home: str | os.PathLike[str] | None = None) -> None:
-        self.paths = StackPaths(Path(home).expanduser().resolve() if home else default_home())
+        self.paths = StackPaths(Path(home).expanduser().resolve() if home else default_home(), port_offset())
         self.services: dict[str, Service] = {cls.name: cls(self.paths) for cls in SERVICE_TYPES}
 
     def _select(self, only: Iterable[str] | None) -> list[Service]:
