@@ -18,7 +18,7 @@ from pathlib import Path
 
 from wotr_adapters.connections import PostgresConnection
 
-from .process import StackError, run_logged
+from .process import StackError, alive, run_logged
 from .service import Service
 
 __all__ = ["PG_BIN", "Postgres"]
@@ -107,6 +107,7 @@ class Postgres(Service):
         user = self._os_user()
         self._make_root(user)
         if (self.cluster / "PG_VERSION").exists():
+            self._drop_stale_lock()
             return
         partial = self.root / "cluster.partial"
         shutil.rmtree(partial, ignore_errors=True)
@@ -122,6 +123,20 @@ class Postgres(Service):
         finally:
             pwfile.unlink(missing_ok=True)
         partial.rename(self.cluster)
+
+    def _drop_stale_lock(self) -> None:
+        """Remove a postmaster.pid left by a killed server whose pid now names another process.
+
+        PostgreSQL refuses to start while that pid is alive, even when it is not PostgreSQL
+        (e.g. after a reboot); the stack only starts it when nothing listens on its port.
+        """
+        lock = self.cluster / "postmaster.pid"
+        try:
+            pid = int(lock.read_text().split()[0])
+        except (FileNotFoundError, ValueError, IndexError):
+            return
+        if not alive(pid, "postgres"):
+            lock.unlink(missing_ok=True)
 
     def command(self) -> list[str]:
         return [str(PG_BIN / "postgres"), "-D", str(self.cluster),

@@ -42,7 +42,8 @@ class StackError(RuntimeError):
 
 def say(message: str) -> None:
     """Progress for people, on stderr: stdout carries only the `export` lines."""
-    print(message, file=sys.stderr, flush=True)
+    sys.stderr.write(message + "\n")  # one write, so lines from parallel installs do not interleave
+    sys.stderr.flush()
 
 
 def read_pid(pid_file: Path) -> int | None:
