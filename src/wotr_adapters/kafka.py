@@ -95,9 +95,9 @@ class KafkaEventBus:
 
     def start(self) -> None:
         from confluent_kafka import KafkaError, KafkaException
-        from confluent_kafka.admin import AdminClient, NewTopic
+        from confluent_kafka.admin import NewTopic
 
-        admin = AdminClient(self._client)
+        admin = self._admin()
         wanted = {self.topic: self.partitions, self.dead_letter_topic: 1}  # one DLQ partition keeps it in order
         existing = self._metadata(admin).topics
         missing = [NewTopic(t, n, self.replication) for t, n in wanted.items() if t not in existing]
@@ -109,7 +109,7 @@ class KafkaEventBus:
                 except KafkaException as e:
                     if e.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                         raise Unavailable(DEPENDENCY, f"cannot create topic {name}: {e.args[0].str()}") from e
-                except Exception as e:  # a future that timed out
+                except TimeoutError as e:
                     raise Unavailable(DEPENDENCY, f"cannot create topic {name}: {e!r}") from e
             self._await_leaders(admin, list(wanted))
         with self._lock:
@@ -144,7 +144,7 @@ class KafkaEventBus:
             time.sleep(0.05)
 
     def _admin(self) -> Any:
-        """An admin client kept for monitoring queries (created on first use)."""
+        """The bus's admin client, for topic creation and metadata (created on first use)."""
         from confluent_kafka.admin import AdminClient
 
         with self._lock:
@@ -155,10 +155,9 @@ class KafkaEventBus:
     def _metadata(self, client: Any | None) -> Any:
         """Cluster metadata (all topics: naming one would auto-create it on some brokers)."""
         from confluent_kafka import KafkaException
-        from confluent_kafka.admin import AdminClient
 
         try:
-            return (client or AdminClient(self._client)).list_topics(timeout=self.request_timeout)
+            return (client or self._admin()).list_topics(timeout=self.request_timeout)
         except KafkaException as e:
             raise Unavailable(DEPENDENCY, f"no metadata from {self._client['bootstrap.servers']}: {e.args[0].str()}") from e
 
@@ -186,9 +185,9 @@ class KafkaEventBus:
             return self._producer
 
     def publish(self, messages: Sequence[BusMessage]) -> None:
-        self.send(self.topic, messages)
+        self._send(self.topic, messages)
 
-    def send(self, topic: str, messages: Sequence[BusMessage]) -> None:
+    def _send(self, topic: str, messages: Sequence[BusMessage]) -> None:
         """Produce to `topic` and wait until every message is acknowledged or failed."""
         if not messages:
             return
@@ -399,7 +398,7 @@ class KafkaSubscription:
             "dlq-source": f"{delivery.topic}/{delivery.partition}/{delivery.offset}",
         }
         message = BusMessage(key=delivery.key or "", value=delivery.value, headers=headers)
-        self._bus.send(self._bus.dead_letter_topic, [message])
+        self._bus._send(self._bus.dead_letter_topic, [message])
 
     def close(self) -> None:
         from confluent_kafka import KafkaException

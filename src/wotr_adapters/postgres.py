@@ -123,18 +123,29 @@ class PostgresMetadataRepo:
     # -- lifecycle -----------------------------------------------------------------
 
     def start(self) -> None:
+        """Open the pool, waiting at most `start_timeout` for a connection, and migrate.
+
+        The wait is a checkout rather than `open(wait=True)`, which closes the pool on
+        timeout: a pool given built stays usable, so a failed start can be retried.
+        """
         from psycopg_pool import PoolClosed, PoolTimeout
 
         if self._pool is None or (self._make_pool is not None and self._pool.closed):
             self._pool = self._make_pool()
         try:
-            self._pool.open(wait=True, timeout=self.start_timeout)
-        except PoolTimeout as e:
-            raise Unavailable(DEPENDENCY, f"no connection within {self.start_timeout:g}s: {self._probe()}") from e
-        except PoolClosed as e:  # a pool given built, closed by an earlier failed start
+            self._pool.open()
+            with self._cursor(timeout=self.start_timeout) as cur:
+                self._migrate(cur)
+        except PoolClosed as e:  # a pool given built and closed since
             raise Unavailable(DEPENDENCY, f"the connection pool is closed: {e}") from e
-        with self._cursor() as cur:
-            self._migrate(cur)
+        except Unavailable as e:
+            timed_out = isinstance(e.__cause__, PoolTimeout)
+            detail = f"no connection within {self.start_timeout:g}s: {self._probe()}" if timed_out else ""
+            if self._make_pool is not None:  # ours to rebuild: stop its reconnect attempts
+                self._pool.close()
+            if timed_out:
+                raise Unavailable(DEPENDENCY, detail) from e.__cause__
+            raise
 
     def _probe(self) -> str:
         """Why the pool could not connect: one direct attempt names the real cause."""
@@ -150,7 +161,9 @@ class PostgresMetadataRepo:
         sql = self._sql
         schema = sql.Identifier(self.schema)
         cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"wotr-metadata-migrations:{self.schema}",))
-        cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(schema))
+        cur.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (self.schema,))
+        if cur.fetchone() is None:  # even IF NOT EXISTS needs CREATE on the database
+            cur.execute(sql.SQL("CREATE SCHEMA {}").format(schema))
         versions = sql.Identifier(self.schema, "schema_version")
         cur.execute(sql.SQL(
             "CREATE TABLE IF NOT EXISTS {} (version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
