@@ -48,3 +48,6 @@ lint: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .wotr .pytest_cache
+
+# The reference deployment on Docker Compose: build, up, ingest, compose-etl, down, ps, logs.
+include deployment/compose/Makefile.include

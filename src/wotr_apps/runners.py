@@ -77,7 +77,7 @@ def run_until_signalled(
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     if metrics_port:
-        telemetry.serve(metrics_port)
+        telemetry.serve(metrics_port, host=container.settings().metrics_host)
     telemetry.start_sampling(dependencies, repo=dependencies.get("metadata_repo"))
     worker.start()
     print("ready", flush=True)

@@ -60,6 +60,7 @@ class Settings:
     relay_grace_seconds: float = 10.0
     relay_interval_seconds: float = 2.0
     metrics_port: int = 0
+    metrics_host: str = "127.0.0.1"
     s3: S3Connection = field(default_factory=S3Connection)
     kafka: KafkaConnection = field(default_factory=KafkaConnection)
     postgres: PostgresConnection = field(default_factory=PostgresConnection)
@@ -87,6 +88,7 @@ class Settings:
             relay_grace_seconds=_float(env, "WOTR_RELAY_GRACE_SECONDS", 10.0),
             relay_interval_seconds=_float(env, "WOTR_RELAY_INTERVAL_SECONDS", 2.0, minimum=0.01),
             metrics_port=_int(env, "WOTR_METRICS_PORT", 0, minimum=0),
+            metrics_host=(env.get("WOTR_METRICS_HOST") or "127.0.0.1").strip(),
             s3=S3Connection.from_env(env) if profile == "local" else S3Connection(),
             kafka=kafka,
             postgres=PostgresConnection.from_env(env) if profile == "local" else PostgresConnection(),
