@@ -1,0 +1,255 @@
+"""Ceilings: what each service (and the HTTP stack) does on its own on this machine, with
+the same client libraries wotr uses. Every measurement is bounded in count and time."""
+
+from __future__ import annotations
+
+import io
+import multiprocessing
+import threading
+import time
+from concurrent.futures import ProcessPoolExecutor
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from .common import CpuWindow, Namespace, say
+
+
+def _result(name: str, value: float, unit: str, count: int, seconds: float, cpu: dict, **detail: Any) -> dict:
+    return {"name": name, "value": value, "unit": unit, "count": count, "seconds": seconds, "cpu": cpu, **detail}
+
+
+# -- S3 PUT ------------------------------------------------------------------------------
+
+
+def _s3_put_worker(endpoint: str, access: str, secret: str, bucket: str, prefix: str, threads: int,
+                   seconds: float, limit: int, size: int) -> int:
+    """One process: `threads` threads putting small objects until the deadline or the limit."""
+    from wotr_adapters.connections import S3Connection
+    from wotr_adapters.minio import minio_client
+
+    client = minio_client(S3Connection(endpoint=endpoint, access_key=access, secret_key=secret, bucket=bucket),
+                          max_connections=threads)
+    body = b'{"x":"' + b"a" * max(0, size - 8) + b'"}'
+    count = [0] * threads
+    deadline = time.monotonic() + seconds
+
+    def loop(k: int) -> None:
+        n = 0
+        while time.monotonic() < deadline and n < limit:
+            client.put_object(bucket, f"{prefix}/{k}/{n}.json", io.BytesIO(body), len(body),
+                              content_type="application/json")
+            n += 1
+        count[k] = n
+
+    ts = [threading.Thread(target=loop, args=(k,)) for k in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    return sum(count)
+
+
+def s3_put(ns: Namespace, *, processes: int = 2, threads: int = 4, seconds: float = 8.0, size: int = 200) -> dict:
+    s3 = ns.s3()
+    ctx = multiprocessing.get_context("spawn")  # no fork of a process holding librdkafka/chdb threads
+    with ProcessPoolExecutor(processes, mp_context=ctx) as pool:
+        # Warm the workers (interpreter start, imports) outside the measured window.
+        list(pool.map(_s3_put_worker, *zip(*[(s3.endpoint, s3.access_key, s3.secret_key, ns.bucket, f"ceiling/warm{p}",
+                                               1, 0.5, 5, size) for p in range(processes)])))
+        with CpuWindow() as cpu:
+            t0 = time.monotonic()
+            futures = [pool.submit(_s3_put_worker, s3.endpoint, s3.access_key, s3.secret_key, ns.bucket,
+                                   f"ceiling/p{p}", threads, seconds, 100_000, size) for p in range(processes)]
+            count = sum(f.result(timeout=seconds + 60) for f in futures)
+            elapsed = time.monotonic() - t0
+    return _result("S3 PUT", count / elapsed, "objects/s", count, elapsed, cpu.result,
+                   how=f"minio SDK put_object, {processes} processes x {threads} threads, {size}-byte objects, {seconds:g} s")
+
+
+# -- PostgreSQL --------------------------------------------------------------------------
+
+_PG_TABLE = "ceiling_rows"
+
+
+def _pg_rows(n: int, tag: str) -> list[tuple]:
+    now = datetime.now(UTC)
+    return [(f"{tag}-{i:09d}", f"raw/dt={now:%Y-%m-%d}/{tag}-{i:09d}.json", 180, "0" * 64, now, "stored", None,
+             "bench", "page_view") for i in range(n)]
+
+
+def postgres(ns: Namespace, *, threads: int = 4, seconds: float = 5.0, copy_rows: int = 200_000) -> list[dict]:
+    import psycopg
+    from psycopg import sql
+
+    pg = ns.postgres()
+    table = sql.Identifier(ns.schema, _PG_TABLE)
+    with psycopg.connect(pg.conninfo, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(ns.schema)))
+        conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(table))
+        conn.execute(sql.SQL(
+            "CREATE TABLE {} (id text PRIMARY KEY, object_key text NOT NULL, size bigint NOT NULL, checksum text NOT NULL, "
+            "received_at timestamptz NOT NULL, status text NOT NULL, published_at timestamptz, source text, type text)"
+        ).format(table))
+    insert = sql.SQL("INSERT INTO {} (id, object_key, size, checksum, received_at, status, published_at, source, type) "
+                     "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)").format(table)
+
+    counts = [0] * threads
+    rows = [_pg_rows(200_000, f"single{k}") for k in range(threads)]
+    deadline_holder: list[float] = []
+    start = threading.Barrier(threads + 1)
+
+    def loop(k: int) -> None:
+        with psycopg.connect(pg.conninfo, autocommit=True) as conn:  # one row, one transaction
+            conn.execute(insert, rows[k][0])
+            start.wait()
+            n = 1
+            while time.monotonic() < deadline_holder[0] and n < len(rows[k]):
+                conn.execute(insert, rows[k][n])
+                n += 1
+            counts[k] = n - 1
+
+    ts = [threading.Thread(target=loop, args=(k,)) for k in range(threads)]
+    for t in ts:
+        t.start()
+    with CpuWindow() as cpu:
+        deadline_holder.append(time.monotonic() + seconds)
+        t0 = time.monotonic()
+        start.wait()
+        for t in ts:
+            t.join()
+        elapsed = time.monotonic() - t0
+    single = _result("PostgreSQL INSERT, one row per transaction", sum(counts) / elapsed, "rows/s", sum(counts), elapsed,
+                     cpu.result, how=f"psycopg, {threads} connections in threads, autocommit, {seconds:g} s")
+
+    data = _pg_rows(copy_rows, "copy")
+    with psycopg.connect(pg.conninfo) as conn, CpuWindow() as cpu:
+        t0 = time.monotonic()
+        with conn.cursor() as cur, cur.copy(sql.SQL(
+                "COPY {} (id, object_key, size, checksum, received_at, status, published_at, source, type) FROM STDIN"
+        ).format(table)) as copy:
+            for row in data:
+                copy.write_row(row)
+        conn.commit()
+        elapsed = time.monotonic() - t0
+    copied = _result("PostgreSQL COPY", copy_rows / elapsed, "rows/s", copy_rows, elapsed, cpu.result,
+                     how=f"psycopg COPY FROM STDIN, one transaction of {copy_rows:,} rows")
+    with psycopg.connect(pg.conninfo, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(table))
+    return [single, copied]
+
+
+# -- Kafka -------------------------------------------------------------------------------
+
+
+def bus_messages(n: int) -> list[tuple[bytes, bytes, list]]:
+    """`n` messages exactly as the ingest service publishes them (encoded Event, key, headers)."""
+    from wotr_domain.codec import encode
+    from wotr_domain.ids import new_event_id
+    from wotr_domain.models import Event
+    from wotr_domain.services.ingest import bus_message_for, object_key_for
+
+    now = datetime.now(UTC)
+    out = []
+    for i in range(n):
+        received = now + timedelta(microseconds=i)
+        event = Event(id=new_event_id(), received_at=received, source="bench", type="page_view", timestamp=received,
+                      payload={"seq": i, "page": "/pricing", "user": f"user-{i % 500}"})
+        m = bus_message_for(event.id, encode(event), object_key_for(event.id, received))
+        out.append((m.value, m.key.encode(), [(k, v.encode()) for k, v in m.headers.items()]))
+    return out
+
+
+def kafka_produce(bus: Any, messages: list[tuple[bytes, bytes, list]], *, seconds: float = 60.0) -> dict:
+    """The adapter's own producer settings (acks=all, idempotence, lz4, linger 5 ms), producing
+    asynchronously and flushing once: the broker's produce ceiling for wotr's messages."""
+    from confluent_kafka import Producer
+
+    producer = Producer(dict(bus._producer_config))
+    failed = [0]
+
+    def delivered(err: Any, _msg: Any) -> None:
+        if err is not None:
+            failed[0] += 1
+
+    topic = bus.topic
+    with CpuWindow() as cpu:
+        t0 = time.monotonic()
+        deadline = t0 + seconds
+        sent = 0
+        for value, key, headers in messages:
+            if time.monotonic() > deadline:
+                break
+            while True:
+                try:
+                    producer.produce(topic, value, key, headers=headers, on_delivery=delivered)
+                    break
+                except BufferError:
+                    producer.poll(0.05)
+            sent += 1
+            if sent % 10_000 == 0:
+                producer.poll(0)
+        left = producer.flush(max(5.0, deadline - time.monotonic()))
+        elapsed = time.monotonic() - t0
+    acked = sent - left - failed[0]
+    return _result("Kafka produce", acked / elapsed, "messages/s", acked, elapsed, cpu.result,
+                   how=f"confluent-kafka Producer with the adapter's settings (acks=all, idempotence, lz4, linger 5 ms), "
+                       f"{len(messages[0][0])}-byte events, async produce + one flush", failed=failed[0] + left)
+
+
+def kafka_consume(bootstrap: str, topic: str, n: int, *, seconds: float = 60.0) -> dict:
+    """Raw consume of `n` messages (no decoding, no commit): the broker's fetch ceiling."""
+    import uuid
+
+    from confluent_kafka import Consumer
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-raw-{uuid.uuid4().hex[:8]}",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    consumer.subscribe([topic])
+    got = 0
+    try:
+        # Wait for the assignment and the first message outside the window.
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            first = consumer.consume(1, timeout=0.5)
+            if first and first[0].error() is None:
+                got = 1
+                break
+        with CpuWindow() as cpu:
+            t0 = time.monotonic()
+            deadline = t0 + seconds
+            while got < n and time.monotonic() < deadline:
+                for msg in consumer.consume(10_000, timeout=0.5):
+                    if msg.error() is None:
+                        got += 1
+            elapsed = time.monotonic() - t0
+    finally:
+        consumer.close()
+    return _result("Kafka consume", (got - 1) / elapsed, "messages/s", got - 1, elapsed, cpu.result,
+                   how="confluent-kafka Consumer.consume(10000), no decoding, no commits")
+
+
+# -- ClickHouse --------------------------------------------------------------------------
+
+
+def clickhouse_insert(client: Any, *, rows: int = 200_000, batch: int = 5_000, seconds: float = 60.0) -> dict:
+    """Batches of `batch` rows of the ingested_data shape through clickhouse-connect into the
+    in-process engine (a database of its own)."""
+    from wotr_adapters.clickhouse import _COLUMNS, ClickHouseAnalyticsSink
+
+    sink = ClickHouseAnalyticsSink(client, "benchceiling")
+    sink.start()
+    table = "benchceiling.ingested_data"
+    now = datetime.now(UTC)
+    data = [[f"ceil-{i:09d}", now + timedelta(microseconds=i), now, "bench", "page_view",
+             '{"seq":%d,"page":"/pricing","user":"user-%d"}' % (i, i % 500), f"raw/dt={now:%Y-%m-%d}/ceil-{i:09d}.json"]
+            for i in range(rows)]
+    done = 0
+    with CpuWindow() as cpu:
+        t0 = time.monotonic()
+        while done < rows and time.monotonic() - t0 < seconds:
+            client.insert(table, data[done:done + batch], column_names=_COLUMNS)
+            done += len(data[done:done + batch])
+        elapsed = time.monotonic() - t0
+    client.command("DROP DATABASE IF EXISTS benchceiling")
+    return _result("ClickHouse insert", done / elapsed, "rows/s", done, elapsed, cpu.result,
+                   how=f"clickhouse-connect into the in-process engine (chdb), batches of {batch:,} rows")

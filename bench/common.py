@@ -1,0 +1,347 @@
+"""What every phase needs: the stack's endpoints, an isolated namespace, wotr processes on
+free loopback ports, CPU accounting from /proc, and bounded waiting."""
+
+from __future__ import annotations
+
+import os
+import re
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+REPO = Path(__file__).resolve().parents[1]
+PY = sys.executable
+HOST = "127.0.0.1"  # every socket of the benchmark: loopback only
+_T0 = time.monotonic()
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def say(message: str) -> None:
+    print(f"[bench {time.monotonic() - _T0:6.1f}s] {message}", flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+# -- the service stack -------------------------------------------------------------------
+
+
+def ensure_stack(timeout: float = 900) -> dict[str, str]:
+    """`wotr stack up` (idempotent: a running, healthy stack is left alone); returns its exports."""
+    out = subprocess.run([PY, "-m", "wotr_apps.cli", "stack", "up"], capture_output=True, text=True,
+                         timeout=timeout, cwd=REPO)
+    if out.returncode != 0:
+        raise RuntimeError(f"`wotr stack up` failed ({out.returncode}):\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}")
+    exports = dict(re.findall(r"^export (\w+)=(.*)$", out.stdout, re.M))
+    for name in ("KAFKA_BOOTSTRAP", "MINIO_ENDPOINT", "POSTGRES_PORT"):
+        if name not in exports:
+            raise RuntimeError(f"`wotr stack up` printed no {name}:\n{out.stdout[-2000:]}")
+    for name, value in exports.items():
+        if name.endswith(("_ENDPOINT", "_BOOTSTRAP", "_HOST")) and not value.split(":")[0] in (HOST, "localhost"):
+            raise RuntimeError(f"{name}={value} is not on loopback; the benchmark only talks to 127.0.0.1")
+    return exports
+
+
+def ensure_wrk() -> str:
+    """The compiled HTTP load generator; installed from Debian when missing (idempotent)."""
+    path = shutil.which("wrk")
+    if path:
+        return path
+    say("installing wrk (apt-get install -y wrk)")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for attempt in (1, 2):
+        out = subprocess.run(["apt-get", "install", "-y", "-q", "wrk"], capture_output=True, text=True, timeout=300, env=env)
+        if out.returncode == 0 and shutil.which("wrk"):
+            return shutil.which("wrk")  # type: ignore[return-value]
+        if attempt == 1:
+            subprocess.run(["apt-get", "update", "-q"], capture_output=True, timeout=300, env=env)
+    raise RuntimeError(f"cannot install wrk: {out.stderr[-1000:]}")
+
+
+def tool_version(cmd: list[str]) -> str:
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return "n/a"
+    text = (out.stdout or out.stderr).strip().splitlines()
+    return text[0] if text else "n/a"
+
+
+# -- CPU accounting ----------------------------------------------------------------------
+
+
+def _stat(pid: int) -> tuple[int, float] | None:
+    """(ppid, cpu seconds) of a live process, from /proc/<pid>/stat."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = raw[raw.rindex(")") + 2:].split()
+    return int(fields[1]), (int(fields[11]) + int(fields[12])) / _CLK_TCK
+
+
+def tree_cpu(root: int) -> float:
+    """CPU seconds (user+system) of a process and all its live descendants."""
+    procs: dict[int, tuple[int, float]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            st = _stat(int(entry))
+            if st is not None:
+                procs[int(entry)] = st
+    wanted, total, frontier = {root}, 0.0, [root]
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in procs.items():
+        children.setdefault(ppid, []).append(pid)
+    while frontier:
+        pid = frontier.pop()
+        if pid in procs:
+            total += procs[pid][1]
+        for child in children.get(pid, []):
+            if child not in wanted:
+                wanted.add(child)
+                frontier.append(child)
+    return total
+
+
+def system_cpu() -> tuple[float, float]:
+    """(busy, total) jiffies of the whole machine since boot."""
+    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = values[3] + values[4]
+    return float(sum(values) - idle), float(sum(values))
+
+
+def self_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+class CpuWindow:
+    """CPU used during a block: by watched process trees, by this process, by reaped
+    children (load generators run to completion), and by the whole machine."""
+
+    def __init__(self, **watched: int) -> None:
+        self.watched = watched
+        self.result: dict[str, float] = {}
+
+    def __enter__(self) -> CpuWindow:
+        self._t = time.monotonic()
+        self._trees = {k: tree_cpu(pid) for k, pid in self.watched.items()}
+        self._self = self_cpu()
+        self._children = children_cpu()
+        self._sys = system_cpu()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        wall = max(time.monotonic() - self._t, 1e-9)
+        busy0, total0 = self._sys
+        busy1, total1 = system_cpu()
+        cores = os.cpu_count() or 1
+        self.result = {
+            "wall_s": wall,
+            "machine_busy_cores": cores * (busy1 - busy0) / max(total1 - total0, 1.0),
+            "bench_process_cores": (self_cpu() - self._self) / wall,
+            "load_generator_cores": (children_cpu() - self._children) / wall,
+        }
+        for k, pid in self.watched.items():
+            self.result[f"{k}_cores"] = (tree_cpu(pid) - self._trees[k]) / wall
+
+
+def load_average() -> tuple[float, float, float]:
+    return os.getloadavg()
+
+
+def busy_test_runs() -> list[str]:
+    """Other people's test runs (pytest, Spark test jobs) on this machine right now."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            cmd = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if "pytest" in cmd:
+            out.append(f"{entry} {cmd[:120]}")
+    return out
+
+
+# -- the isolated namespace and the wotr processes -------------------------------------
+
+
+@dataclass
+class Namespace:
+    """One topic, bucket and PostgreSQL schema of our own, so nobody else's data is touched."""
+
+    stack: dict[str, str]
+    workdir: Path
+    name: str = field(default_factory=lambda: f"bench{uuid.uuid4().hex[:10]}")
+
+    @property
+    def topic(self) -> str:
+        return self.name
+
+    @property
+    def drain_topic(self) -> str:
+        return f"{self.name}-drain"
+
+    @property
+    def bucket(self) -> str:
+        return self.name
+
+    @property
+    def schema(self) -> str:
+        return self.name
+
+    @property
+    def group(self) -> str:
+        return f"{self.name}-analytics"
+
+    def s3(self):
+        from wotr_adapters.connections import S3Connection
+
+        return S3Connection.from_env({**self.stack, "MINIO_BUCKET": self.bucket})
+
+    def kafka(self, topic: str | None = None, group: str | None = None):
+        from wotr_adapters.connections import KafkaConnection
+
+        return KafkaConnection.from_env({**self.stack, "KAFKA_TOPIC": topic or self.topic, "KAFKA_GROUP": group or self.group})
+
+    def postgres(self):
+        from wotr_adapters.connections import PostgresConnection
+
+        return PostgresConnection.from_env({**self.stack, "POSTGRES_SCHEMA": self.schema})
+
+    def env(self, role: str, **extra: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("WOTR_", "CLICKHOUSE_", "MINIO_", "KAFKA_", "POSTGRES_"))}
+        env.update({k: v for k, v in self.stack.items() if k.startswith(("MINIO_", "KAFKA_", "POSTGRES_"))})
+        env.update({
+            "WOTR_PROFILE": "local",
+            "MINIO_BUCKET": self.bucket,
+            "KAFKA_TOPIC": self.topic,
+            "KAFKA_GROUP": self.group,
+            "POSTGRES_SCHEMA": self.schema,
+            # One in-process ClickHouse engine directory per process (the engine locks it).
+            "CLICKHOUSE_DSN": f"chdb://{self.workdir / f'ch-{role}'}",
+            "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p),
+        })
+        env.update(extra)
+        return env
+
+
+class Service:
+    """A wotr process (API or consumer) started on a free loopback port, stopped by SIGTERM."""
+
+    def __init__(self, ns: Namespace, role: str, args: list[str], *, env: dict[str, str] | None = None,
+                 port: int | None = None, ready: Callable[[], bool] | None = None) -> None:
+        self.ns, self.role, self.args = ns, role, args
+        self.port = port
+        self.env = env or ns.env(role)
+        self._ready = ready
+        self.proc: subprocess.Popen | None = None
+        self.log_path = ns.workdir / f"{role}.log"
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def start(self, timeout: float = 120) -> Service:
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(self.args, env=self.env, cwd=self.ns.workdir, stdout=log, stderr=log,
+                                     start_new_session=True)
+        log.close()
+        wait_until(lambda: self._died() or (self._ready() if self._ready else True), timeout, f"{self.role} to be ready")
+        self._died()
+        return self
+
+    def _died(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise RuntimeError(f"{self.role} exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
+        return False
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self, timeout: float = 30) -> int | None:
+        if self.proc is None:
+            return None
+        proc, self.proc = self.proc, None
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                return proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)  # its own session: the workers it forked
+                return proc.wait(10)
+        return proc.returncode
+
+
+def http_ok(url: str) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def api_service(ns: Namespace, *, workers: int = 1, access_log: bool = True) -> Service:
+    """The API on the local profile: `wotr serve --api-only` itself for one worker, or
+    `bench.server` (the same app, built per worker) for several."""
+    port = free_port()
+    env = ns.env(f"api{workers}", WOTR_HOST=HOST, WOTR_PORT=str(port))
+    if workers == 1 and access_log:
+        args = [PY, "-m", "wotr_apps.cli", "serve", "--api-only"]
+    else:
+        args = [PY, "-m", "bench.server", "--workers", str(workers), "--chdb-dir", str(ns.workdir / f"ch-api{workers}")]
+        if not access_log:
+            args.append("--no-access-log")
+    svc = Service(ns, f"api{workers}{'' if access_log else '-quiet'}", args, env=env, port=port,
+                  ready=lambda: http_ok(f"http://{HOST}:{port}/health"))
+    return svc
+
+
+def consumer_service(ns: Namespace, **extra: str) -> Service:
+    metrics_port = free_port()
+    ready_file = ns.workdir / "consume.ready"
+    ready_file.unlink(missing_ok=True)
+    args = [PY, "-m", "wotr_apps.cli", "consume", "--metrics-port", str(metrics_port), "--ready-file", str(ready_file)]
+    svc = Service(ns, "consume", args, env=ns.env("consume", **extra), port=metrics_port, ready=ready_file.exists)
+    return svc
+
+
+def metric_sum(port: int, name: str) -> float:
+    import httpx
+
+    text = httpx.get(f"http://{HOST}:{port}/metrics", timeout=5).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith((name + "{", name + " ")))
