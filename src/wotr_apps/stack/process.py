@@ -22,6 +22,7 @@ from typing import Iterator, Mapping, Sequence
 __all__ = [
     "StackError",
     "alive",
+    "describe_exit",
     "file_lock",
     "port_open",
     "read_pid",
@@ -84,7 +85,7 @@ def spawn(
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
     user: str | None = None,
-) -> int:
+) -> subprocess.Popen[bytes]:
     """Start `command` in its own session with output appended to `log_file`."""
     log_file.parent.mkdir(parents=True, exist_ok=True)
     if log_file.exists() and log_file.stat().st_size > _ROTATE_BYTES:
@@ -105,7 +106,16 @@ def spawn(
             close_fds=True,
         )
     pid_file.write_text(f"{proc.pid}\n")
-    return proc.pid
+    return proc
+
+
+def describe_exit(returncode: int) -> str:
+    if returncode < 0:
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exit code {returncode}"
 
 
 def terminate(pid: int, marker: str, *, sig: int = signal.SIGTERM, grace: float = 30.0) -> None:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import shutil
 import signal
+import subprocess
 import time
 from pathlib import Path
 from typing import Mapping
 
 from .paths import StackPaths
-from .process import StackError, alive, port_open, read_pid, tail
+from .process import StackError, alive, describe_exit, port_open, read_pid, tail
 
 __all__ = ["HOST", "Service"]
 
@@ -26,6 +28,7 @@ class Service:
 
     def __init__(self, paths: StackPaths) -> None:
         self.paths = paths
+        self.process: subprocess.Popen[bytes] | None = None  # set when this process started it
 
     # -- description -------------------------------------------------------------
     @property
@@ -111,14 +114,20 @@ class Service:
         deadline = time.monotonic() + timeout
         last = "no answer yet"
         while True:
-            if self.pid() is None:
-                raise StackError(f"{self.name} exited during start-up; last lines of {self.log_file}:\n"
+            # poll() first: it collects the exit status before anything else reaps the child
+            code = self.process.poll() if self.process is not None else None
+            if code is not None or self.pid() is None:
+                how = f" ({describe_exit(code)})" if code is not None else ""
+                raise StackError(f"{self.name} exited during start-up{how}; last lines of {self.log_file}:\n"
                                  f"{tail(self.log_file, 20)}")
-            try:
-                self.probe_starting()
-                break
-            except Exception as exc:  # keep polling until the deadline
-                last = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+            if not port_open(HOST, self.port):
+                last = f"nothing listening on {self.endpoint} yet"
+            else:
+                try:
+                    self.probe_starting()
+                    break
+                except Exception as exc:  # keep polling until the deadline
+                    last = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
             if time.monotonic() > deadline:
                 raise StackError(f"{self.name} did not become healthy on {self.endpoint} within {timeout:.0f}s "
                                  f"(last probe: {last}); last lines of {self.log_file}:\n{tail(self.log_file, 20)}")
@@ -128,8 +137,6 @@ class Service:
 
     def wipe(self) -> None:
         """Remove this service's data (the cache is kept)."""
-        import shutil
-
         if self.data_dir.is_symlink():
             target = self.data_dir.resolve()
             self.data_dir.unlink()

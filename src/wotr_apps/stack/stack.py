@@ -99,8 +99,9 @@ class Stack:
                 self._install(pending)
                 for service in pending:
                     service.prepare()
-                    spawn(service.command(), log_file=service.log_file, pid_file=service.pid_file,
-                          env=service.spawn_env(), cwd=service.spawn_cwd(), user=service.run_as())
+                    service.process = spawn(service.command(), log_file=service.log_file,
+                                            pid_file=service.pid_file, env=service.spawn_env(),
+                                            cwd=service.spawn_cwd(), user=service.run_as())
                     say(f"{service.name}: starting on {service.endpoint} (log: {service.log_file})")
                 for service in pending:
                     started = time.monotonic()
