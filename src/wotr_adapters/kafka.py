@@ -23,6 +23,7 @@ from .connections import KafkaConnection
 __all__ = ["KafkaEventBus", "KafkaSubscription", "kafka_bus"]
 
 log = logging.getLogger(__name__)
+client_log = logging.getLogger(f"{__name__}.librdkafka")  # the client library's own lines, tunable apart
 
 DEPENDENCY = "kafka"
 
@@ -66,7 +67,7 @@ class KafkaEventBus:
         self.delivery_timeout = delivery_timeout
         self.request_timeout = request_timeout
         # librdkafka's own log lines go to Python logging rather than straight to stderr.
-        self._client = {"bootstrap.servers": bootstrap, "client.id": "wotr", "logger": log}
+        self._client = {"bootstrap.servers": bootstrap, "client.id": "wotr", "logger": client_log}
         self._producer_config = {
             **self._client,
             "enable.idempotence": True,
@@ -192,6 +193,7 @@ class KafkaEventBus:
         if not messages:
             return
         producer = self._ready_producer()
+        self._last_error = ""  # only errors seen during this call explain its failure
         deadline = time.monotonic() + self.delivery_timeout
         pending = len(messages)
         errors: list[str] = []

@@ -157,3 +157,15 @@ def test_check_reports_a_missing_topic(kafka_connection: KafkaConnection):
     bus = KafkaEventBus(kafka_connection.bootstrap, f"it-never-{uuid.uuid4().hex[:12]}")
     with pytest.raises(Unavailable, match="missing"):
         bus.check()
+
+
+def test_polling_with_no_broker_raises_unavailable():
+    sub = KafkaEventBus("127.0.0.1:1", "nowhere", request_timeout=2.0).subscribe("g")
+    try:
+        started = time.monotonic()
+        with pytest.raises(Unavailable):
+            for _ in range(10):
+                sub.poll(max_messages=10, timeout=0.5)
+        assert time.monotonic() - started < 10
+    finally:
+        sub.close()
