@@ -23,6 +23,7 @@ __all__ = [
     "StackError",
     "alive",
     "describe_exit",
+    "find_process",
     "file_lock",
     "port_open",
     "read_pid",
@@ -107,6 +108,19 @@ def spawn(
         )
     pid_file.write_text(f"{proc.pid}\n")
     return proc
+
+
+def find_process(command: Sequence[str]) -> int | None:
+    """The pid of a live process whose argv is exactly `command`, if any."""
+    wanted = "\0".join(command).encode() + b"\0"
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "cmdline").read_bytes() == wanted and alive(int(entry.name)):
+                    return int(entry.name)
+            except OSError:
+                continue
+    return None
 
 
 def describe_exit(returncode: int) -> str:

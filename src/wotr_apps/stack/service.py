@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Mapping
 
 from .paths import StackPaths
-from .process import StackError, alive, describe_exit, port_open, read_pid, tail
+from .process import StackError, alive, describe_exit, find_process, port_open, read_pid, tail
 
 __all__ = ["HOST", "Service"]
 
@@ -109,17 +109,30 @@ class Service:
         pid = read_pid(self.pid_file)
         return pid if alive(pid, self.marker) else None
 
+    def adopt(self) -> int | None:
+        """Find a running process with exactly this service's command line (e.g. after its
+        pid file was lost) and record it as ours."""
+        try:
+            pid = find_process(self.command())
+        except (OSError, StackError):
+            return None
+        if pid is not None:
+            self.pid_file.write_text(f"{pid}\n")
+        return pid
+
     def wait_ready(self, timeout: float) -> None:
         """Poll the probe until it answers; fail naming the service with its log's tail."""
         deadline = time.monotonic() + timeout
         last = "no answer yet"
         while True:
             # poll() first: it collects the exit status before anything else reaps the child
-            code = self.process.poll() if self.process is not None else None
-            if code is not None or self.pid() is None:
-                how = f" ({describe_exit(code)})" if code is not None else ""
-                raise StackError(f"{self.name} exited during start-up{how}; last lines of {self.log_file}:\n"
-                                 f"{tail(self.log_file, 20)}")
+            pid = read_pid(self.pid_file)
+            own = self.process is not None and self.process.pid == pid
+            code = self.process.poll() if own else None
+            if code is not None or (not own and self.pid() is None):
+                how = describe_exit(code) if code is not None else "no longer running"
+                raise StackError(f"{self.name} (pid {pid}) exited during start-up ({how}); last lines of "
+                                 f"{self.log_file}:\n{tail(self.log_file, 20)}")
             if not port_open(HOST, self.port):
                 last = f"nothing listening on {self.endpoint} yet"
             else:

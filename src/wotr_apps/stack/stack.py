@@ -84,7 +84,7 @@ class Stack:
         with self._lock():
             pending: list[Service] = []
             for service in selected:
-                if service.pid() is not None:
+                if service.pid() is not None or service.adopt() is not None:
                     ok, _ = service.healthy()
                     if not ok:  # ours and alive, maybe still starting: give it its time
                         service.wait_ready(timeout or service.start_timeout)
@@ -128,7 +128,7 @@ class Stack:
         """Stop what this stack started (by pid file); `wipe` also deletes the data."""
         with self._lock():
             for service in reversed(self._select(only)):
-                pid = service.pid()
+                pid = service.pid() or service.adopt()
                 if pid is not None:
                     say(f"{service.name}: stopping pid {pid}")
                     terminate(pid, service.marker, sig=service.stop_signal)
