@@ -2,7 +2,8 @@
 
 Debian's `postgresql` and `prometheus` packages start a default server on install; the
 stack runs its own instances instead, so the install runs behind a `policy-rc.d` that
-denies service starts, and any daemon the install started anyway is stopped.
+denies service starts, any daemon the install started anyway is stopped, and Debian's
+Prometheus unit is disabled so it does not come up on all interfaces after a reboot.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import subprocess
 from pathlib import Path
 
 from .process import StackError, run_logged, say
@@ -64,6 +66,12 @@ def apt_install(packages: list[str], log_file: Path) -> None:
     finally:
         if created:
             _POLICY.unlink(missing_ok=True)
+    if "prometheus" in packages:  # its unit would listen on all interfaces at the next boot
+        for disable in (["systemctl", "disable", "prometheus.service"],
+                        ["update-rc.d", "prometheus", "disable"]):
+            if shutil.which(disable[0]):
+                subprocess.run(disable, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, check=False)
     after = _daemon_pids()
     started = [pid for pid, ppid in after.items() if pid not in before and ppid not in after]
     for pid in started:  # top-level daemons the install started (their children follow them)
