@@ -46,6 +46,7 @@ class Pipeline:
     name: str = field(default_factory=lambda: f"wit{uuid.uuid4().hex[:10]}")
     api_port: int = field(default_factory=free_port)
     consumer_metrics_port: int = field(default_factory=free_port)
+    relay_metrics_port: int = field(default_factory=free_port)
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
 
     @property
@@ -78,7 +79,7 @@ class Pipeline:
 
     def start(self, role: str) -> subprocess.Popen:
         args = {"serve": ["serve", "--api-only"], "consume": ["consume", "--metrics-port", str(self.consumer_metrics_port)],
-                "relay": ["relay", "--metrics-port", "0"]}[role]
+                "relay": ["relay", "--metrics-port", str(self.relay_metrics_port)]}[role]
         ready = self.workdir / f"{role}.ready"
         ready.unlink(missing_ok=True)
         if role != "serve":
