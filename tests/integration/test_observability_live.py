@@ -75,3 +75,10 @@ def test_every_dashboard_panel_returns_data(flowing):
         except AssertionError:
             empty[where] = expr
     assert empty == {}
+
+
+def test_the_native_prometheus_evaluates_the_alert_rules(prometheus_url):
+    groups = httpx.get(f"{prometheus_url.rstrip('/')}/api/v1/rules", timeout=10).json()["data"]["groups"]
+    loaded = {rule["name"] for group in groups for rule in group["rules"]}
+    assert {"WotrIngestLatencyHigh", "WotrBusDown", "WotrStagesDiverging"} <= loaded
+    assert all(rule["health"] in ("ok", "unknown") for group in groups for rule in group["rules"])

@@ -13,6 +13,8 @@ __all__ = ["Prometheus", "SCRAPE_TARGETS"]
 
 PROMETHEUS_BIN = Path("/usr/bin/prometheus")
 # The wotr processes Prometheus scrapes: API, consumer and outbox relay.
+# The alert rules of a source checkout (the compose deployment mounts the same files).
+RULES_DIR = Path(__file__).resolve().parents[3] / "deployment" / "prometheus" / "rules"
 SCRAPE_TARGETS = {"wotr-api": f"{HOST}:8000", "wotr-consumer": f"{HOST}:9464", "wotr-relay": f"{HOST}:9465"}
 
 
@@ -41,7 +43,8 @@ class Prometheus(Service):
         self.config_file.write_text(render_template(
             "prometheus.yml", scrape_interval="5s", api_target=SCRAPE_TARGETS["wotr-api"],
             consumer_target=SCRAPE_TARGETS["wotr-consumer"], relay_target=SCRAPE_TARGETS["wotr-relay"],
-            self_target=self.endpoint))
+            self_target=self.endpoint,
+            rule_files=f'["{RULES_DIR}/*.yml"]' if RULES_DIR.is_dir() else "[]"))
 
     def command(self) -> list[str]:
         return [str(PROMETHEUS_BIN), f"--config.file={self.config_file}",
