@@ -51,9 +51,21 @@ def ensure_stack(timeout: float = 900) -> dict[str, str]:
     """`wotr stack up` (idempotent: a running, healthy stack is left alone); returns its exports."""
     out = subprocess.run([PY, "-m", "wotr_apps.cli", "stack", "up"], capture_output=True, text=True,
                          timeout=timeout, cwd=REPO)
-    if out.returncode != 0:
-        raise RuntimeError(f"`wotr stack up` failed ({out.returncode}):\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}")
     exports = dict(re.findall(r"^export (\w+)=(.*)$", out.stdout, re.M))
+    if out.returncode != 0:
+        # A service answering on its port but started by someone else (another checkout's
+        # stack, a test) makes `up` refuse; the benchmark only needs the endpoints to answer.
+        env = subprocess.run([PY, "-m", "wotr_apps.cli", "stack", "env"], capture_output=True, text=True,
+                             timeout=60, cwd=REPO)
+        exports = dict(re.findall(r"^export (\w+)=(.*)$", env.stdout, re.M))
+        down = [name for name in ("KAFKA_BOOTSTRAP", "MINIO_ENDPOINT") if not _answers(exports.get(name, ""))]
+        if not _answers(f"{exports.get('POSTGRES_HOST', HOST)}:{exports.get('POSTGRES_PORT', '')}"):
+            down.append("POSTGRES")
+        if down or not exports:
+            raise RuntimeError(f"`wotr stack up` failed ({out.returncode}) and {down or 'the stack'} does not answer:\n"
+                               f"{out.stdout[-2000:]}\n{out.stderr[-2000:]}")
+        say(f"`wotr stack up` refused ({(out.stderr or out.stdout).strip().splitlines()[-1][:200]}); "
+            "every endpoint answers, going on")
     for name in ("KAFKA_BOOTSTRAP", "MINIO_ENDPOINT", "POSTGRES_PORT"):
         if name not in exports:
             raise RuntimeError(f"`wotr stack up` printed no {name}:\n{out.stdout[-2000:]}")
@@ -61,6 +73,17 @@ def ensure_stack(timeout: float = 900) -> dict[str, str]:
         if name.endswith(("_ENDPOINT", "_BOOTSTRAP", "_HOST")) and not value.split(":")[0] in (HOST, "localhost"):
             raise RuntimeError(f"{name}={value} is not on loopback; the benchmark only talks to 127.0.0.1")
     return exports
+
+
+def _answers(endpoint: str, timeout: float = 2.0) -> bool:
+    host, _, port = endpoint.rpartition(":")
+    if host not in (HOST, "localhost") or not port.isdigit():
+        return False
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 def ensure_wrk() -> str:

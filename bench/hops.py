@@ -16,25 +16,54 @@ from .common import PY, REPO, CpuWindow, Namespace, Service, consumer_service, m
 # -- HTTP ingest -------------------------------------------------------------------------
 
 
+def _log_mark(api: Service) -> int:
+    return api.log_path.stat().st_size if api.log_path.exists() else 0
+
+
+def _log_trouble(api: Service, mark: int) -> dict:
+    """What the server logged as dependency trouble since `mark` (e.g. a service that
+    someone else's test stopped refuses connections: those requests get 503)."""
+    try:
+        with open(api.log_path, "rb") as f:
+            f.seek(mark)
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return {}
+    refused = [l for l in text.splitlines() if "Connection refused" in l or "Errno 111" in l]
+    warnings = [l for l in text.splitlines() if " WARNING " in l or " ERROR " in l or l.startswith(("WARNING", "ERROR"))]
+    pool_full = sum(1 for l in warnings if "Connection pool is full" in l)
+    out = {"refused": len(refused), "warnings": len(warnings), "pool_full_warnings": pool_full}
+    other = [l for l in warnings if "Connection pool is full" not in l]
+    if other:
+        out["sample"] = other[0][:300]
+    return out
+
+
 def saturate(wrk: str, api: Service, path: str, *, body: bytes = b"", connections: int, duration: float,
              per_request: int = 1) -> dict:
     """wrk against the API for `duration`; events/s = answered requests/s x events per request."""
     url = f"http://127.0.0.1:{api.port}{path}"
+    mark = _log_mark(api)
     with CpuWindow(server=api.pid) as cpu:
         r = load.wrk(wrk, url, api.ns.workdir, body=body, connections=connections, duration=duration)
     r["events_per_s"] = r["requests_per_s"] * per_request
     r["events_per_request"] = per_request
     r["cpu"] = cpu.result
     r["generator_cpu_cores"] = cpu.result["load_generator_cores"]
+    r["server_cpu_us_per_event"] = cpu.result["server_cores"] / max(r["events_per_s"], 1e-9) * 1e6
+    r["server_log"] = _log_trouble(api, mark)
     return r
 
 
 def fixed_rate(api: Service, *, rate: float, duration: float, watch: dict[str, int] | None = None,
                keep_ids: bool = False) -> dict:
     url = f"http://127.0.0.1:{api.port}/ingest"
+    mark = _log_mark(api)
     with CpuWindow(server=api.pid, **(watch or {})) as cpu:
         r = load.openloop(url, api.ns.workdir, rate=rate, duration=duration)
     r["cpu"] = cpu.result
+    r["server_cpu_us_per_event"] = cpu.result["server_cores"] / max(r["achieved_rate"], 1e-9) * 1e6
+    r["server_log"] = _log_trouble(api, mark)
     if not keep_ids:
         r.pop("ids", None)
     return r

@@ -42,6 +42,22 @@ def _ceiling(results: dict, parts: list[tuple[str, float, str]]) -> tuple[float 
     return (best[0], best[1]) if best else (None, "not measured")
 
 
+def _server_note(r: dict) -> str:
+    """CPU per event and any dependency trouble the server logged during the phase."""
+    parts = []
+    if r.get("server_cpu_us_per_event") is not None:
+        parts.append(f"{r['server_cpu_us_per_event']:,.0f} µs server CPU per event")
+    log = r.get("server_log") or {}
+    if log.get("refused"):
+        parts.append(f"WARNING: {log['refused']} connection-refused lines in the server log (a service was down "
+                     f"during this phase; its 503s are not the code's)")
+    if log.get("pool_full_warnings"):
+        parts.append(f"{log['pool_full_warnings']} urllib3 'connection pool is full' warnings")
+    if log.get("sample"):
+        parts.append(f"log: {log['sample'][:160]}")
+    return "; ".join(parts)
+
+
 def figures(results: dict) -> list[dict]:
     """Table rows: hop, figure, ceiling, fraction, target, status."""
     hops = results["hops"]
@@ -65,7 +81,7 @@ def figures(results: dict) -> list[dict]:
             single_ceiling, f">= {TARGETS['ingest_events_per_s']:,} events/s", v >= TARGETS["ingest_events_per_s"],
             f"errors {best['errors']}; server {best['cpu'].get('server_cores', 0):.2f} cores; "
             f"wrk {best['generator_cpu_cores']:.2f} cores; machine busy {best['cpu']['machine_busy_cores']:.2f} of "
-            f"{results['machine']['cores']} cores")
+            f"{results['machine']['cores']} cores; {_server_note(best)}")
     for key, label in (("ingest_fixed", "POST /ingest at {rate}/s offered (1 process)"),
                        ("e2e", "POST /ingest at {rate}/s, consumer running")):
         r = hops.get(key)
@@ -77,7 +93,7 @@ def figures(results: dict) -> list[dict]:
                 f"p50 {_num(lat['p50'], 1)} / p95 {_num(lat['p95'], 1)} / p99 {_num(lat['p99'], 1)} ms", lat["p99"], None,
                 f"p99 <= {TARGETS['ingest_p99_ms']} ms", met if key == "ingest_fixed" else None,
                 f"achieved {_num(r['achieved_rate'])}/s, errors {r['errors'] or 0}, generator "
-                f"{r['generator_cpu_cores']:.2f} cores, server {r['cpu'].get('server_cores', 0):.2f} cores")
+                f"{r['generator_cpu_cores']:.2f} cores, server {r['cpu'].get('server_cores', 0):.2f} cores; {_server_note(r)}")
     for key in sorted((k for k in hops if k.startswith("batch_") and hops[k]), key=lambda k: int(k.split("_")[1])):
         r = hops[key]
         size = r["events_per_request"]
@@ -87,7 +103,7 @@ def figures(results: dict) -> list[dict]:
         row(f"POST /ingest/batch, {size} per request (1 process)", f"{_num(v)} events/s", v, c,
             f">= {TARGETS['batch_events_per_s']:,} events/s", v >= TARGETS["batch_events_per_s"],
             f"{_num(r['requests_per_s'], 1)} req/s, {r['connections']} connections, errors {r['errors']}, "
-            f"server {r['cpu'].get('server_cores', 0):.2f} cores")
+            f"server {r['cpu'].get('server_cores', 0):.2f} cores; {_server_note(r)}")
     consumer_ceiling = _ceiling(results, [("kafka_consume", 1, "Kafka consume"), ("clickhouse_insert", 1, "ClickHouse insert")])
     for key, label, target in (("consumer", "consumer Kafka -> ClickHouse, batches of 5,000", True),
                                ("consumer_naive", "consumer, batches of 1 (per-message design)", False)):
@@ -113,7 +129,7 @@ def figures(results: dict) -> list[dict]:
         v = r["events_per_s"]
         row(f"POST /ingest, saturation ({n} uvicorn workers)", f"{_num(v)} events/s ({r['connections']} connections)", v,
             single_ceiling, f">= {TARGETS['ingest_events_per_s']:,} events/s", v >= TARGETS["ingest_events_per_s"],
-            f"errors {r['errors']}; server {r['cpu'].get('server_cores', 0):.2f} cores")
+            f"errors {r['errors']}; server {r['cpu'].get('server_cores', 0):.2f} cores; {_server_note(r)}")
         f = hops.get(f"w{n}_fixed")
         if f and f.get("latency_ms"):
             lat = f["latency_ms"]
@@ -121,7 +137,7 @@ def figures(results: dict) -> list[dict]:
                 f"p50 {_num(lat['p50'], 1)} / p95 {_num(lat['p95'], 1)} / p99 {_num(lat['p99'], 1)} ms", lat["p99"], None,
                 f"p99 <= {TARGETS['ingest_p99_ms']} ms",
                 lat["p99"] <= TARGETS["ingest_p99_ms"] and f["achieved_rate"] >= 0.97 * f["offered_rate"] and not f["errors"],
-                f"achieved {_num(f['achieved_rate'])}/s, errors {f['errors'] or 0}")
+                f"achieved {_num(f['achieved_rate'])}/s, errors {f['errors'] or 0}; {_server_note(f)}")
         b = hops.get(f"w{n}_batch")
         if b:
             size = b["events_per_request"]
@@ -129,7 +145,7 @@ def figures(results: dict) -> list[dict]:
                                    ("pg_copy", 1, "PG COPY"), ("kafka_produce", 1, "Kafka produce")])
             row(f"POST /ingest/batch, {size} per request ({n} uvicorn workers)", f"{_num(b['events_per_s'])} events/s",
                 b["events_per_s"], c, f">= {TARGETS['batch_events_per_s']:,} events/s",
-                b["events_per_s"] >= TARGETS["batch_events_per_s"], f"errors {b['errors']}")
+                b["events_per_s"] >= TARGETS["batch_events_per_s"], f"errors {b['errors']}; {_server_note(b)}")
     r = hops.get("etl")
     if r:
         if "skipped" in r:
@@ -144,7 +160,8 @@ def figures(results: dict) -> list[dict]:
 def _ceiling_rows(results: dict) -> list[dict]:
     names = {"http": "Litestar GET /health", "s3_put": "S3 PUT", "pg_insert": "PostgreSQL INSERT, 1 row per transaction",
              "pg_copy": "PostgreSQL COPY", "kafka_produce": "Kafka produce", "kafka_consume": "Kafka consume",
-             "clickhouse_insert": "ClickHouse insert (5,000-row batches)"}
+             "clickhouse_insert": "ClickHouse insert, 5,000-row batches, columns + int timestamps",
+             "clickhouse_insert_rows": "ClickHouse insert, 5,000-row batches, rows of datetimes (as the sink)"}
     out = []
     for key, name in names.items():
         c = results["ceilings"].get(key)

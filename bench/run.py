@@ -144,6 +144,8 @@ def cleanup(ns: Namespace, budget: float = 120.0) -> dict:
         client = minio_client(ns.s3())
         deadline = time.monotonic() + budget
         removed = 0
+        if not client.bucket_exists(ns.bucket):
+            raise LookupError("no bucket")
         while time.monotonic() < deadline:
             batch = []
             for obj in client.list_objects(ns.bucket, recursive=True):
@@ -160,6 +162,8 @@ def cleanup(ns: Namespace, budget: float = 120.0) -> dict:
             done["s3"] = f"removed {removed:,} objects and bucket {ns.bucket}"
         else:
             done["s3"] = f"removed {removed:,} objects; bucket {ns.bucket} left (time budget)"
+    except LookupError:
+        done["s3"] = f"bucket {ns.bucket} was not created"
     except Exception as e:
         done["s3"] = f"failed: {e!r}"
     return done
@@ -268,7 +272,9 @@ def run_phases(args: argparse.Namespace, plan: Plan, ns: Namespace, wrk_path: st
         ceil["kafka_produce"] = phase("Kafka produce (pre-fills the drain topic)", ceilings.kafka_produce, drain_bus, messages)
         del messages
         ceil["kafka_consume"] = phase("Kafka consume", ceilings.kafka_consume, bootstrap, ns.drain_topic, plan.drain_events)
-        ceil["clickhouse_insert"] = phase("ClickHouse insert", ceilings.clickhouse_insert, ch_client, rows=plan.ch_rows)
+        ch = phase("ClickHouse insert (columns; sink-style rows)", ceilings.clickhouse_insert, ch_client, rows=plan.ch_rows)
+        if ch:
+            ceil["clickhouse_insert"], ceil["clickhouse_insert_rows"] = ch
 
         say(f"hops: single-event ingest, end to end at {plan.rate:g}/s (wotr consume running)")
         hop["e2e"] = phase("end to end", hops.end_to_end, api, rate=plan.rate, duration=plan.fixed_s)
