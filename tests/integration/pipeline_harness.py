@@ -48,6 +48,7 @@ class Pipeline:
     consumer_metrics_port: int = field(default_factory=free_port)
     relay_metrics_port: int = field(default_factory=free_port)
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+    extra_env: dict[str, str] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -75,6 +76,7 @@ class Pipeline:
             # The in-process engine locks its directory: the consumer owns the analytics data.
             "CLICKHOUSE_DSN": f"chdb://{self.clickhouse_path if role == 'consume' else self.workdir / f'ch-{role}'}",
         })
+        env.update(self.extra_env)
         return env
 
     def start(self, role: str) -> subprocess.Popen:
@@ -132,6 +134,10 @@ class Pipeline:
         text = httpx.get(f"http://127.0.0.1:{self.consumer_metrics_port}/metrics", timeout=5).text
         samples = [float(l.rsplit(" ", 1)[1]) for l in text.splitlines() if l.startswith("wotr_consumer_lag{")]
         return sum(samples) if samples else None
+
+    def wait_caught_up(self, timeout: float = 120) -> None:
+        """Wait until the running consumer reports no uncommitted message left."""
+        wait_until(lambda: self._died("consume") or self.consumer_lag() == 0, timeout, "the consumer to catch up", interval=0.5)
 
     def wait_loaded(self, rows: int, timeout: float = 120) -> None:
         """Wait until the consumer reports at least `rows` rows written to ClickHouse."""

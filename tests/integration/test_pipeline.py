@@ -8,7 +8,6 @@ ClickHouse engine. Each test gets its own topic, bucket and schema.
 from __future__ import annotations
 
 import signal
-import time
 
 import httpx
 import psycopg
@@ -131,6 +130,7 @@ def test_object_store_or_metadata_down_answers_503_and_leaves_nothing(pipeline, 
 
 
 def test_consumer_killed_mid_batch_loads_every_event_exactly_once(pipeline):
+    pipeline.extra_env["WOTR_CONSUMER_BATCH_SIZE"] = "20"  # many small batches: the kill lands mid-stream
     pipeline.start("serve")
     events = [{"payload": {"n": i}} for i in range(3000)]
     ids = []
@@ -140,16 +140,13 @@ def test_consumer_killed_mid_batch_loads_every_event_exactly_once(pipeline):
             assert r.status_code == 202, r.text
             ids += [x["id"] for x in r.json()["results"]]
     pipeline.start("consume")
-    pipeline.wait_loaded(1)
+    wait_until(lambda: pipeline.consumer_metric("wotr_sink_rows_total") >= 1, 120, "the first rows", interval=0.02)
     assert pipeline.stop("consume", signal.SIGKILL) == -signal.SIGKILL
     pipeline.start("consume")
-    pipeline.wait_loaded(1)
-    time.sleep(1)
+    pipeline.wait_caught_up()
     pipeline.stop("consume")
-    pipeline.start("consume")
-    wait_until(lambda: pipeline.consumer_lag() == 0, 120, "the consumer to catch up (lag 0)", interval=1)
-    pipeline.stop("consume")
-    (distinct, final_rows), = pipeline.clickhouse("SELECT uniqExact(id), (SELECT count() FROM wotr.ingested_data FINAL) FROM wotr.ingested_data")
+    (distinct, final_rows), = pipeline.clickhouse(
+        "SELECT uniqExact(id), (SELECT count() FROM wotr.ingested_data FINAL) FROM wotr.ingested_data")
     assert (distinct, final_rows) == (3000, 3000)
     assert {r[0] for r in pipeline.clickhouse("SELECT id FROM wotr.ingested_data FINAL")} == set(ids)
 
