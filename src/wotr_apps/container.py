@@ -112,17 +112,17 @@ class Container(containers.DeclarativeContainer):
             local=providers.Singleton(_kafka_bus, settings),
         ),
     )
+    # The same sink on both profiles: the DSN decides between the engine and a server.
+    clickhouse_sink = providers.Singleton(
+        ClickHouseAnalyticsSink, clickhouse, providers.Callable(lambda s: s.clickhouse.database, settings)
+    )
     analytics_sink = providers.Resource(
         _started,
         providers.Selector(
             profile,
             memory=providers.Singleton(InMemoryAnalyticsSink),
-            embedded=providers.Singleton(
-                ClickHouseAnalyticsSink, clickhouse, providers.Callable(lambda s: s.clickhouse.database, settings)
-            ),
-            local=providers.Singleton(
-                ClickHouseAnalyticsSink, clickhouse, providers.Callable(lambda s: s.clickhouse.database, settings)
-            ),
+            embedded=clickhouse_sink,
+            local=clickhouse_sink,
         ),
     )
 
