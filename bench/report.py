@@ -181,6 +181,14 @@ def _ceiling_rows(results: dict) -> list[dict]:
     return out
 
 
+def _quiet_text(quiet: dict) -> str:
+    if quiet.get("quiet") is None:
+        return "The harness did not wait for a quiet machine (`--wait-quiet`)."
+    if quiet["quiet"]:
+        return "It waited for a quiet machine (load < 1, no pytest) before measuring."
+    return f"It waited for a quiet machine but gave up: still busy ({len(quiet.get('pytest', []))} pytest process(es))."
+
+
 def markdown(results: dict, rows: list[dict], chart: str | None) -> str:
     m = results["machine"]
     la = results["quiet"]["load_average"]
@@ -190,7 +198,7 @@ def markdown(results: dict, rows: list[dict], chart: str | None) -> str:
         f"Mode **{results['mode']}**; {m['cores']} cores ({m['cpu_model']}), {m['memory_gib']} GiB RAM, Linux "
         f"{m['kernel']}, Python {m['python']}. Load average when measuring began: {la[0]:.2f} / {la[1]:.2f} / "
         f"{la[2]:.2f} (1/5/15 min); after: {results['load_average_after'][0]:.2f}. "
-        f"Quiet machine: {results['quiet'].get('quiet')}. Took {results['duration_s']:.0f} s.",
+        f"{_quiet_text(results['quiet'])} Took {results['duration_s']:.0f} s.",
         "",
         "All traffic on 127.0.0.1; services from `wotr stack up` (Kafka, S3 server versitygw, PostgreSQL); "
         "ClickHouse is the in-process engine (chdb). Load and services share the same cores.",
