@@ -1,0 +1,200 @@
+"""The ETL's parts that need no Spark: date selection, layout, run history, jar cache,
+session settings and the command line."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import pytest
+
+from wotr_adapters.connections import S3Connection
+from wotr_adapters.filesystem import FilesystemObjectStore
+from wotr_adapters.memory import InMemoryObjectStore
+from wotr_apps.etl import jars
+from wotr_apps.etl.cli import main as etl_main
+from wotr_apps.etl.history import RunHistory, RunRecord, render_table
+from wotr_apps.etl.layout import Layout, Selection, available_dates, select_dates
+from wotr_apps.etl.session import session_conf
+from wotr_apps.settings import Settings
+from wotr_domain.errors import ConfigError
+
+D = date.fromisoformat
+
+
+# -- dates -----------------------------------------------------------------------------
+
+
+def test_available_dates_counts_raw_objects_per_date_and_ignores_the_rest(tmp_path: Path):
+    store = FilesystemObjectStore(tmp_path)
+    for key in ["raw/dt=2026-11-24/a.json", "raw/dt=2026-11-24/b.json", "raw/dt=2026-11-26/c.json",
+                "raw/dt=2026-11-26/_hidden.json", "raw/dt=2026-11-26/.also-hidden", "raw/dt=2026-13-40/d.json",
+                "raw/dt=2026-11-25/nested/e.json", "raw/other/f.json", "curated/events/dt=2026-11-24/p.parquet"]:
+        store.put(key, b"{}")
+
+    assert available_dates(store) == {D("2026-11-24"): 2, D("2026-11-26"): 1}
+    assert available_dates(store, D("2026-11-26")) == {D("2026-11-26"): 1}
+    assert available_dates(store, D("2026-11-25")) == {}
+
+
+def test_date_selection():
+    available = {D("2026-11-01"): 5, D("2026-11-20"): 1, D("2026-11-24"): 2, D("2026-12-31"): 1}
+    today = D("2026-11-24")
+    assert select_dates(available, Selection(), today) == sorted(available)
+    assert select_dates(available, Selection(date=D("2026-11-20")), today) == [D("2026-11-20")]
+    assert select_dates(available, Selection(date=D("2026-11-21")), today) == []
+    assert select_dates(available, Selection(since=D("2026-11-02")), today) == [D("2026-11-20"), D("2026-11-24")]
+    assert select_dates(available, Selection(since=D("2026-11-25")), today) == []
+    with pytest.raises(ValueError):
+        Selection(date=today, since=today)
+
+
+def test_layout_follows_the_profile(tmp_path: Path):
+    embedded = Layout.for_settings(Settings(profile="embedded", data_dir=tmp_path / "my data"))
+    assert embedded.root == f"file://{tmp_path}/my data/objects/raw-data"
+    assert embedded.raw(D("2026-11-24")) == f"file://{tmp_path}/my data/objects/raw-data/raw/dt=2026-11-24"
+    local = Layout.for_settings(Settings(profile="local", s3=S3Connection(bucket="archive")))
+    assert (local.curated, local.rejected) == ("s3a://archive/curated/events", "s3a://archive/curated/rejected")
+    with pytest.raises(ConfigError, match="WOTR_PROFILE"):
+        Layout.for_settings(Settings(profile="memory"))
+
+
+# -- history ---------------------------------------------------------------------------
+
+
+def _run(run_id: str, **fields) -> RunRecord:
+    fields = {"status": "succeeded", "selection": "all dates"} | fields
+    return RunRecord(run_id=run_id, started_at=datetime(2026, 11, 24, 10, 0, tzinfo=UTC), **fields)
+
+
+@pytest.mark.parametrize("kind", ["memory", "filesystem"])
+def test_history_keeps_the_last_record_of_each_run_in_start_order(kind: str, tmp_path: Path):
+    store = InMemoryObjectStore() if kind == "memory" else FilesystemObjectStore(tmp_path)
+    history = RunHistory(store)
+    history.record(_run("01a0-0001", status="running"))
+    history.record(_run("01a0-0002", dates=["2026-11-24"], rows_read=10, rows_written=9, rows_rejected=1))
+    history.record(_run("01a0-0001", dates=["2026-11-23"], rows_read=3, rows_written=3))
+    store.put("curated/_runs/garbage.json", b"not a record")
+
+    runs = history.runs()
+    assert [(r.run_id, r.status, r.rows_read) for r in runs] == [("01a0-0001", "succeeded", 3),
+                                                                 ("01a0-0002", "succeeded", 10)]
+    assert [r.run_id for r in history.runs(limit=2)] == ["01a0-0002"]  # the garbage key sorts last
+    assert RunHistory(InMemoryObjectStore()).runs() == []
+
+
+def test_history_table():
+    assert render_table([]) == "no ETL runs recorded yet"
+    lines = render_table([
+        _run("r1", dates=["2026-11-24"], rows_read=1234, rows_written=1200, rows_rejected=34, duration_seconds=12.34),
+        _run("r2", status="failed", dates=["2026-11-20", "2026-11-21", "2026-11-24"], error="Boom: disk full"),
+    ]).splitlines()
+    assert lines[0].split()[:3] == ["RUN", "STARTED", "(UTC)"]
+    assert lines[1].split() == ["r1", "2026-11-24", "10:00:00", "succeeded", "2026-11-24", "1,234", "1,200", "34", "0",
+                                "12.3s"]
+    assert "2026-11-20..2026-11-24 (3)" in lines[2] and "failed" in lines[2]
+    assert lines[3] == "r2: Boom: disk full"
+
+
+# -- jars ------------------------------------------------------------------------------
+
+
+def test_the_generated_pom_lists_hadoop_aws_and_the_sdk_bundle_it_names():
+    pom = jars.render_pom()
+    assert "<artifactId>hadoop-aws</artifactId><version>3.5.0</version>" in pom
+    assert "<groupId>software.amazon.awssdk</groupId><artifactId>bundle</artifactId><version>2.35.4</version>" in pom
+
+
+def test_the_jar_cache_lives_under_the_stack_home(tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("WOTR_STACK_HOME", str(tmp_path / "home"))
+    assert jars.jars_dir() == tmp_path / "home" / "cache" / "spark-jars"
+
+
+def _complete_cache(folder: Path, names: list[str]) -> None:
+    folder.mkdir(parents=True)
+    for name in names:
+        (folder / name).write_bytes(b"PK")
+    marker = {"artifacts": [":".join(a) for a in jars.ARTIFACTS], "jars": names}
+    (folder / jars.MARKER).write_text(json.dumps(marker))
+
+
+def test_a_complete_jar_cache_is_reused_without_maven(tmp_path: Path, monkeypatch):
+    folder = tmp_path / "spark-jars"
+    _complete_cache(folder, ["hadoop-aws-3.5.0.jar", "bundle-2.35.4.jar"])
+    monkeypatch.setenv("PATH", str(tmp_path / "nothing-here"))  # no mvn: any resolution would fail
+
+    assert jars.ensure_jars(folder) == [folder / "hadoop-aws-3.5.0.jar", folder / "bundle-2.35.4.jar"]
+
+
+def test_an_incomplete_or_outdated_jar_cache_is_resolved_again(tmp_path: Path, monkeypatch):
+    folder = tmp_path / "spark-jars"
+    _complete_cache(folder, ["hadoop-aws-3.5.0.jar", "bundle-2.35.4.jar"])
+    assert jars.cached_jars(folder, (("org.apache.hadoop", "hadoop-aws", "3.4.9"),)) is None
+    (folder / "bundle-2.35.4.jar").unlink()
+    assert jars.cached_jars(folder) is None
+    monkeypatch.setenv("PATH", str(tmp_path / "nothing-here"))
+    with pytest.raises(jars.JarResolutionError, match="Maven"):
+        jars.ensure_jars(folder)
+
+
+def test_jars_spark_already_ships_are_recognised():
+    shipped = jars.bundled_by_spark()
+    assert {"hadoop-client-api", "hadoop-client-runtime", "jackson-databind", "slf4j-api"} <= shipped
+    assert "hadoop-aws" not in shipped and "bundle" not in shipped
+
+
+# -- session settings ------------------------------------------------------------------
+
+
+def test_session_settings_are_local_loopback_quiet_and_utc():
+    conf = session_conf()
+    assert conf["spark.master"] == "local[2]"
+    assert conf["spark.driver.host"] == conf["spark.driver.bindAddress"] == "127.0.0.1"
+    assert conf["spark.ui.enabled"] == "false"
+    assert conf["spark.sql.session.timeZone"] == "UTC"
+    assert conf["spark.sql.sources.partitionOverwriteMode"] == "dynamic"
+    assert "log4j2.properties" in conf["spark.driver.extraJavaOptions"]
+    assert not any(k.startswith("spark.hadoop.fs.s3a") for k in conf) and "spark.jars" not in conf
+
+
+def test_session_settings_for_s3a_come_from_the_s3_connection():
+    s3 = S3Connection(endpoint="127.0.0.1:9100", access_key="ak", secret_key="sk", bucket="b", region="eu-west-1")
+    conf = session_conf(s3, [Path("/c/hadoop-aws.jar"), Path("/c/bundle.jar")])
+    assert conf["spark.jars"] == "/c/hadoop-aws.jar,/c/bundle.jar"
+    assert conf["spark.hadoop.fs.s3a.endpoint"] == "http://127.0.0.1:9100"
+    assert conf["spark.hadoop.fs.s3a.endpoint.region"] == "eu-west-1"
+    assert conf["spark.hadoop.fs.s3a.path.style.access"] == "true"
+    assert conf["spark.hadoop.fs.s3a.connection.ssl.enabled"] == "false"
+    assert (conf["spark.hadoop.fs.s3a.access.key"], conf["spark.hadoop.fs.s3a.secret.key"]) == ("ak", "sk")
+
+
+# -- command line ----------------------------------------------------------------------
+
+
+def test_the_cli_refuses_bad_arguments(capsys):
+    for argv in (["--date", "2026-11-24", "--since", "2026-11-01"], ["--date", "24/11/2026"], ["--history", "--bench", "5"]):
+        with pytest.raises(SystemExit) as exit_:
+            etl_main(argv)
+        assert exit_.value.code == 2
+    assert "is not a date (YYYY-MM-DD)" in capsys.readouterr().err
+
+
+def test_the_cli_refuses_the_memory_profile(monkeypatch, capsys):
+    monkeypatch.setenv("WOTR_PROFILE", "memory")
+    assert etl_main([]) == 2
+    assert "WOTR_PROFILE" in capsys.readouterr().err
+
+
+def test_the_cli_history_of_a_fresh_data_dir_is_empty(tmp_path: Path, monkeypatch, capsys):
+    monkeypatch.setenv("WOTR_PROFILE", "embedded")
+    monkeypatch.setenv("WOTR_DATA_DIR", str(tmp_path))
+    assert etl_main(["--history"]) == 0
+    assert capsys.readouterr().out.strip() == "no ETL runs recorded yet"
+
+
+def test_the_cli_reports_an_unreachable_s3_server(monkeypatch, capsys):
+    monkeypatch.setenv("WOTR_PROFILE", "local")
+    monkeypatch.setenv("MINIO_ENDPOINT", "127.0.0.1:1")
+    assert etl_main(["--history"]) == 3
+    assert "object store is unavailable" in capsys.readouterr().err
