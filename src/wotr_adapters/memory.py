@@ -8,8 +8,8 @@ tests exercise the failure paths of the services without a real outage.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
-from datetime import datetime, timedelta
+from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime, timedelta
 
 import msgspec
 
@@ -154,11 +154,15 @@ def _delivery(topic: str, offset: int, m: BusMessage) -> Delivery:
 
 
 class InMemoryMetadataRepo(_Switchable):
+    """`clock` stamps when rows are recorded (the relay's grace period runs from then)."""
+
     name = "metadata repo"
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], datetime] | None = None) -> None:
         super().__init__()
+        self._clock = clock or (lambda: datetime.now(UTC))
         self.rows: dict[str, EventMetadata] = {}
+        self._recorded_at: dict[str, datetime] = {}
         self._leases: dict[str, datetime] = {}
 
     def record(self, items: Sequence[EventMetadata]) -> list[Recorded]:
@@ -169,6 +173,7 @@ class InMemoryMetadataRepo(_Switchable):
                 existing = self.rows.get(item.id)
                 if existing is None:
                     self.rows[item.id] = item
+                    self._recorded_at[item.id] = self._clock()
                     out.append(Recorded(metadata=item, created=True))
                 else:
                     out.append(Recorded(metadata=existing, created=False))
@@ -202,13 +207,13 @@ class InMemoryMetadataRepo(_Switchable):
     def claim_pending(self, limit: int, older_than: datetime, lease_seconds: float) -> list[EventMetadata]:
         with self._lock:
             self._up()
-            now = datetime.now(older_than.tzinfo)
+            now = self._clock()
             due = sorted(
                 (
                     r
                     for r in self.rows.values()
                     if r.status is EventStatus.STORED
-                    and r.received_at < older_than
+                    and self._recorded_at[r.id] < older_than
                     and self._leases.get(r.id, now) <= now
                 ),
                 key=lambda r: (r.received_at, r.id),

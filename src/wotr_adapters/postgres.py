@@ -43,6 +43,13 @@ MIGRATIONS: list[list[str]] = [
         """CREATE INDEX event_metadata_pending ON {schema}.event_metadata (received_at, id COLLATE "C")
             WHERE status = 'stored'""",
     ],
+    [
+        # The relay's grace period runs from when a row was recorded, not from reception.
+        "ALTER TABLE {schema}.event_metadata ADD COLUMN recorded_at timestamptz NOT NULL DEFAULT statement_timestamp()",
+        "DROP INDEX {schema}.event_metadata_pending",
+        """CREATE INDEX event_metadata_outbox ON {schema}.event_metadata (recorded_at, id COLLATE "C")
+            WHERE status = 'stored'""",
+    ],
 ]
 
 _COLUMNS = "id, object_key, size, checksum, received_at, status, published_at, source, type"
@@ -112,9 +119,9 @@ class PostgresMetadataRepo:
         # The database clock times leases, so relays on different hosts agree on expiry.
         self._claim = q(
             "UPDATE {table} SET lease_until = statement_timestamp() + make_interval(secs => %(lease)s::float8) "
-            "WHERE id IN (SELECT id FROM {table} WHERE status = 'stored' AND received_at < %(older)s "
+            "WHERE id IN (SELECT id FROM {table} WHERE status = 'stored' AND recorded_at < %(older)s "
             "AND (lease_until IS NULL OR lease_until <= statement_timestamp()) "
-            'ORDER BY received_at, id COLLATE "C" LIMIT %(limit)s FOR UPDATE SKIP LOCKED) '
+            'ORDER BY recorded_at, id COLLATE "C" LIMIT %(limit)s FOR UPDATE SKIP LOCKED) '
             "RETURNING {columns}"
         )
         self._count_all = q("SELECT count(*) FROM {table}")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from wotr_domain.errors import NotFound
@@ -24,11 +24,19 @@ CREATE TABLE IF NOT EXISTS event_metadata (
     published_at TEXT,
     source       TEXT,
     type         TEXT,
-    lease_until  TEXT
+    lease_until  TEXT,
+    recorded_at  TEXT
 );
-CREATE INDEX IF NOT EXISTS event_metadata_pending ON event_metadata (received_at) WHERE status = 'stored';
-PRAGMA user_version = 1;
 """
+# Version 2 adds `recorded_at`, the outbox relay's clock; older files get the column here.
+_UPGRADES = {
+    2: [
+        "ALTER TABLE event_metadata ADD COLUMN recorded_at TEXT",
+    ],
+}
+_INDEX = (
+    "CREATE INDEX IF NOT EXISTS event_metadata_outbox ON event_metadata (recorded_at, id) WHERE status = 'stored'"
+)
 
 _COLUMNS = "id, object_key, size, checksum, received_at, status, published_at, source, type"
 
@@ -53,6 +61,13 @@ class SqliteMetadataRepo:
 
     def start(self) -> None:
         self._db.open()
+        with self._db.transaction() as conn:
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(event_metadata)")}
+            if "recorded_at" not in columns:
+                for statement in _UPGRADES[2]:
+                    conn.execute(statement)
+            conn.execute(_INDEX)
+            conn.execute("PRAGMA user_version = 2")
 
     def close(self) -> None:
         self._db.close()
@@ -69,11 +84,12 @@ class SqliteMetadataRepo:
             for item in items:
                 if item.id not in existing and item.id not in new:
                     new[item.id] = item
+            recorded_at = to_text(datetime.now(UTC))
             conn.executemany(
-                f"INSERT INTO event_metadata ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO event_metadata ({_COLUMNS}, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     (m.id, m.object_key, m.size, m.checksum, to_text(m.received_at), m.status.value,
-                     to_text(m.published_at), m.source, m.type)
+                     to_text(m.published_at), m.source, m.type, recorded_at)
                     for m in new.values()
                 ],
             )
@@ -126,13 +142,14 @@ class SqliteMetadataRepo:
         now = datetime.now(older_than.tzinfo)
         with self._db.transaction() as conn:
             rows = conn.execute(
-                f"SELECT {_COLUMNS} FROM event_metadata WHERE status = 'stored' AND received_at < ? "
-                "AND (lease_until IS NULL OR lease_until <= ?) ORDER BY received_at, id LIMIT ?",
+                f"SELECT {_COLUMNS} FROM event_metadata WHERE status = 'stored' "
+                "AND coalesce(recorded_at, received_at) < ? "
+                "AND (lease_until IS NULL OR lease_until <= ?) ORDER BY recorded_at, received_at, id LIMIT ?",
                 (to_text(older_than), to_text(now), limit),
             ).fetchall()
             until = to_text(now + timedelta(seconds=lease_seconds))
             conn.executemany("UPDATE event_metadata SET lease_until = ? WHERE id = ?", [(until, r[0]) for r in rows])
-        return [_row(r) for r in rows]
+        return sorted((_row(r) for r in rows), key=lambda m: (m.received_at, m.id))
 
     def count(self, status: EventStatus | None = None) -> int:
         if status is None:

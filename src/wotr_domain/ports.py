@@ -95,7 +95,11 @@ class MetadataRepo(Lifecycle, Protocol):
         """Set status `published` for these ids (one round trip); returns rows changed."""
 
     def claim_pending(self, limit: int, older_than: datetime, lease_seconds: float) -> list[EventMetadata]:
-        """Lease up to `limit` rows still `stored`, received before `older_than`, oldest first.
+        """Lease up to `limit` rows still `stored`, recorded before `older_than`, oldest first.
+
+        The cut-off applies to when the row was recorded, not to the event's reception
+        time: a large batch can take longer to archive than the grace period, and its rows
+        must not be republished while the API is still publishing them.
 
         A leased row is not handed to another caller until the lease expires, so several
         relays can run at once without publishing the same rows in parallel.

@@ -3,6 +3,7 @@ lease; run against every metadata repo adapter."""
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -80,16 +81,20 @@ def test_mark_published_changes_status_once(metadata_repo):
     assert metadata_repo.count() == 3
 
 
-def test_claim_pending_returns_overdue_stored_rows_oldest_first(metadata_repo):
-    rows = [meta(f"o-{i}", T0 + timedelta(seconds=i)) for i in range(5)]
-    metadata_repo.record(rows)
+def test_claim_pending_returns_stored_rows_recorded_before_the_cutoff_oldest_first(metadata_repo):
+    metadata_repo.record([meta(f"o-{i}", T0 + timedelta(seconds=i)) for i in (3, 0, 2, 1)])
     metadata_repo.mark_published(["o-1"], T0)
-    claimed = metadata_repo.claim_pending(limit=10, older_than=T0 + timedelta(seconds=4), lease_seconds=60)
+    time.sleep(0.05)
+    cutoff = datetime.now(UTC)
+    time.sleep(0.05)
+    metadata_repo.record([meta("o-late", T0 - timedelta(days=1))])  # received long ago, recorded after the cutoff
+    claimed = metadata_repo.claim_pending(limit=10, older_than=cutoff, lease_seconds=60)
     assert [r.id for r in claimed] == ["o-0", "o-2", "o-3"]
 
 
 def test_claimed_rows_are_leased_to_one_caller(metadata_repo):
     metadata_repo.record([meta(f"l-{i}", T0 + timedelta(seconds=i)) for i in range(4)])
+    time.sleep(0.05)
     cutoff = datetime.now(UTC)
     first = metadata_repo.claim_pending(limit=2, older_than=cutoff, lease_seconds=60)
     second = metadata_repo.claim_pending(limit=10, older_than=cutoff, lease_seconds=60)
@@ -101,6 +106,7 @@ def test_claimed_rows_are_leased_to_one_caller(metadata_repo):
 
 def test_an_expired_lease_makes_rows_claimable_again(metadata_repo):
     metadata_repo.record([meta("x-1")])
+    time.sleep(0.05)
     cutoff = datetime.now(UTC)
     assert [r.id for r in metadata_repo.claim_pending(10, cutoff, lease_seconds=0)] == ["x-1"]
     assert [r.id for r in metadata_repo.claim_pending(10, cutoff, lease_seconds=60)] == ["x-1"]
@@ -110,6 +116,7 @@ def test_an_expired_lease_makes_rows_claimable_again(metadata_repo):
 def test_published_rows_are_never_pending(metadata_repo):
     metadata_repo.record([meta("d-1")])
     metadata_repo.mark_published(["d-1"], T0)
+    time.sleep(0.05)
     assert metadata_repo.claim_pending(10, datetime.now(UTC), lease_seconds=60) == []
 
 

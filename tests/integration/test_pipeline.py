@@ -167,3 +167,31 @@ def test_a_poison_message_goes_to_the_dead_letter_topic_and_the_rest_load(pipeli
     pipeline.stop("consume")
     loaded = {row[0] for row in pipeline.clickhouse("SELECT id FROM wotr.ingested_data FINAL")}
     assert loaded == set(first) | set(later)
+
+
+def test_ten_thousand_events_reach_every_store_exactly_once(pipeline):
+    """Accepted = stored = recorded = published = loaded, through single and batch ingest."""
+    pipeline.start("serve")
+    pipeline.start("consume")
+    pipeline.start("relay")
+    accepted = set()
+    with httpx.Client(base_url=pipeline.url, timeout=60) as client:
+        for i in range(1000):
+            r = client.post("/ingest", json={"payload": {"single": i}})
+            assert r.status_code == 202
+            accepted.add(r.json()["id"])
+        for start in range(0, 9000, 1000):
+            r = client.post("/ingest/batch", json=[{"payload": {"batch": start + i}} for i in range(1000)])
+            assert r.status_code == 202
+            accepted |= {x["id"] for x in r.json()["results"]}
+    wait_until(lambda: status_counts(pipeline) == {"published": 10_000}, 120, "every event published")
+    pipeline.wait_caught_up()
+    pipeline.stop("consume")
+    stored = len(raw_keys(pipeline))
+    counts = status_counts(pipeline)
+    on_topic = len(KafkaEventBus(pipeline.kafka.bootstrap, pipeline.name).messages(limit=20_000, timeout=60))
+    (loaded,), = pipeline.clickhouse("SELECT count() FROM wotr.ingested_data FINAL")
+    figures = {"accepted": len(accepted), "stored": stored, "recorded": sum(counts.values()),
+               "published": counts["published"], "on_topic": on_topic, "loaded": loaded}
+    print(f"\npipeline counts: {figures}")
+    assert set(figures.values()) == {10_000}, figures

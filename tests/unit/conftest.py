@@ -34,8 +34,8 @@ def store() -> InMemoryObjectStore:
 
 
 @pytest.fixture
-def repo() -> InMemoryMetadataRepo:
-    return InMemoryMetadataRepo()
+def repo(clock) -> InMemoryMetadataRepo:
+    return InMemoryMetadataRepo(clock=clock)
 
 
 @pytest.fixture
