@@ -7,7 +7,7 @@ WOTR := $(VENV)/bin/wotr
 STAMP := $(VENV)/.installed-test
 RUN_STAMP := $(VENV)/.installed-run
 
-.PHONY: run test install stack-up stack-down stack-status unit contract integration lint clean
+.PHONY: run test install stack-up stack-down stack-status lint clean run-etl bench-etl
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,14 @@ stack-down: $(STAMP)
 
 stack-status: $(STAMP)
 	$(WOTR) stack status
+
+## Run the PySpark ETL once: ETL_ARGS="--date 2026-11-26" | "--since 2026-11-20" | "--history".
+run-etl: $(STAMP)
+	$(WOTR) etl $(ETL_ARGS)
+
+## Benchmark the ETL on generated events (EVENTS, default 100000) and print rows/s.
+bench-etl: $(STAMP)
+	$(PY) -m wotr_apps.etl.bench --events $(or $(EVENTS),100000)
 
 lint: $(STAMP)
 	$(VENV)/bin/lint-imports

@@ -36,12 +36,20 @@ def _parser() -> argparse.ArgumentParser:
     ingest.add_argument("-n", "--count", type=int, default=10, help="events to send (default %(default)s)")
     ingest.add_argument("--batch", type=int, default=0, help="send through /ingest/batch in batches of this size")
 
+    sub.add_parser("etl", help="raw JSON archive -> curated Parquet (PySpark); `wotr etl --help` for options",
+                   add_help=False)
+
     stack = sub.add_parser("stack", help="the native local stack: up | down | status | logs ...", add_help=False)
     stack.add_argument("args", nargs=argparse.REMAINDER)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["etl"]:  # the ETL parses its own options (--date, --since, --history, --bench)
+        from .etl.cli import main as etl_main
+
+        return etl_main(argv[1:])
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
