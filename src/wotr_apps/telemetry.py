@@ -53,6 +53,7 @@ class Telemetry:
         self._health: dict[str, int] = {}
         self._backlog: int | None = None
         self._lag: dict[int, int] = {}
+        self._etl: Any = None  # the last ETL run record, when one is known
         self._stop = threading.Event()
         self._sampler: threading.Thread | None = None
         for port, name in DEPENDENCY_GAUGES.items():
@@ -66,6 +67,19 @@ class Telemetry:
         meter.create_observable_gauge(
             "wotr.consumer.lag", callbacks=[self._lag_callback], unit="{message}",
             description="Messages not yet committed by the consumer group, per partition",
+        )
+
+        meter.create_observable_gauge(
+            "wotr.etl.last_run.rows", callbacks=[self._etl_rows_callback], unit="{row}",
+            description="Rows of the last ETL run, by kind (read, written, rejected)",
+        )
+        meter.create_observable_gauge(
+            "wotr.etl.last_run.duration", callbacks=[self._etl_duration_callback], unit="s",
+            description="Duration of the last ETL run",
+        )
+        meter.create_observable_gauge(
+            "wotr.etl.last_run.success", callbacks=[self._etl_success_callback],
+            description="1 when the last ETL run succeeded (or had nothing to do), else 0",
         )
 
     # -- sampled state -------------------------------------------------------------------
@@ -83,11 +97,28 @@ class Telemetry:
     def _lag_callback(self, _: CallbackOptions) -> list[Observation]:
         return [Observation(lag, {"partition": str(p)}) for p, lag in sorted(self._lag.items())]
 
+    def _etl_rows_callback(self, _: CallbackOptions) -> list[Observation]:
+        run = self._etl
+        if run is None:
+            return []
+        return [Observation(run.rows_read, {"kind": "read"}), Observation(run.rows_written, {"kind": "written"}),
+                Observation(run.rows_rejected, {"kind": "rejected"})]
+
+    def _etl_duration_callback(self, _: CallbackOptions) -> list[Observation]:
+        return [] if self._etl is None else [Observation(self._etl.duration_seconds)]
+
+    def _etl_success_callback(self, _: CallbackOptions) -> list[Observation]:
+        if self._etl is None or self._etl.status == "running":
+            return []
+        return [Observation(1 if self._etl.status in ("succeeded", "nothing to do") else 0)]
+
     def record_lag(self, lag: Mapping[int, int]) -> None:
         self._lag = dict(lag)
 
-    def sample(self, dependencies: Mapping[str, Any], repo: Any | None = None) -> None:
-        """Check every dependency once (and the backlog) and keep the results for scrapes."""
+    def sample(self, dependencies: Mapping[str, Any], repo: Any | None = None, etl_history: Any | None = None) -> None:
+        """Check every dependency once (and the backlog, and the last ETL run) and keep the
+        results for scrapes. The ETL is a batch job that Prometheus cannot scrape: its
+        run history, kept next to the curated output, is read here instead."""
         for port, adapter in dependencies.items():
             try:
                 adapter.check()
@@ -99,12 +130,20 @@ class Telemetry:
                 self._backlog = repo.count(EventStatus.STORED)
             except WotrError:
                 pass  # keep the last known value; the health gauge says the repo is down
+        if etl_history is not None:
+            try:
+                finished = [r for r in etl_history.runs(limit=3) if r.status != "running"]
+                self._etl = finished[-1] if finished else self._etl
+            except WotrError:
+                pass
 
-    def start_sampling(self, dependencies: Mapping[str, Any], repo: Any | None = None, every: float = 5.0) -> None:
+    def start_sampling(
+        self, dependencies: Mapping[str, Any], repo: Any | None = None, etl_history: Any | None = None, every: float = 5.0
+    ) -> None:
         def loop() -> None:
             while not self._stop.is_set():
                 try:
-                    self.sample(dependencies, repo)
+                    self.sample(dependencies, repo, etl_history)
                 except Exception:  # a sampler must never die
                     log.exception("telemetry sampling failed")
                 self._stop.wait(every)

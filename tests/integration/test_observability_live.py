@@ -8,6 +8,8 @@ The native stack's Prometheus scrapes the fixed loopback ports 8000 (API), 9464
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -44,6 +46,10 @@ def flowing(tmp_path_factory, s3_connection, kafka_connection, postgres_connecti
         producer.produce(p.name, key=b"poison", value=b"not an event")
         producer.flush(10)
         p.wait_loaded(240)
+        # The ETL is a batch job: the API reports its last run from the run history.
+        etl = subprocess.run([sys.executable, "-m", "wotr_apps.cli", "etl"], env=p.env("etl"), cwd=p.workdir,
+                             capture_output=True, text=True, timeout=600)
+        assert etl.returncode == 0, etl.stdout[-2000:] + etl.stderr[-2000:]
         yield p, prometheus_url.rstrip("/")
     finally:
         p.stop_all()

@@ -10,7 +10,7 @@ import json
 import re
 import shutil
 import subprocess
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -19,6 +19,7 @@ from litestar.testing import TestClient
 
 from wotr_apps.api import create_app
 from wotr_apps.container import build_container
+from wotr_apps.etl.history import RunHistory, RunRecord
 from wotr_apps.settings import Settings
 from wotr_apps.telemetry import Telemetry
 from wotr_domain.models import BusMessage
@@ -91,9 +92,12 @@ def exported() -> set[str]:
         relay = OutboxRelay(container.metadata_repo(), container.object_store(), bus,
                             grace=timedelta(0), observer=telemetry.relay)
         relay.run_once()
+        history = RunHistory(container.object_store())
+        history.record(RunRecord(run_id="01", started_at=datetime.now(UTC), status="succeeded", selection="all",
+                                 rows_read=3, rows_written=2, rows_rejected=1, duration_seconds=4.5))
         telemetry.sample({"object_store": container.object_store(), "metadata_repo": container.metadata_repo(),
                           "event_bus": bus, "analytics_sink": container.analytics_sink()},
-                         repo=container.metadata_repo())
+                         repo=container.metadata_repo(), etl_history=history)
         text = client.get("/metrics").text
     return {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line and not line.startswith("#")}
 
@@ -143,3 +147,7 @@ def test_alert_rules_pass_their_unit_tests(promtool):
 def test_every_alert_has_a_unit_test():
     tested = set(re.findall(r"alertname:\s*(\w+)", "".join(p.read_text() for p in (PROMETHEUS / "tests").glob("*.yml"))))
     assert {k.split(" / ")[1] for k in alert_exprs()} <= tested
+
+
+def test_the_last_finished_etl_run_is_exported(exported):
+    assert {"wotr_etl_last_run_rows", "wotr_etl_last_run_duration_seconds", "wotr_etl_last_run_success"} <= exported

@@ -21,6 +21,7 @@ from wotr_domain.ports import AnalyticsSink, MetadataRepo
 from wotr_domain.services import IngestService
 
 from ..container import Container
+from ..etl.history import RunHistory
 from ..telemetry import Telemetry
 from ..workers import WorkerThread
 from .errors import EXCEPTION_HANDLERS
@@ -58,7 +59,9 @@ def create_app(
     async def lifespan(_: Litestar) -> AsyncIterator[None]:
         await anyio.to_thread.run_sync(container.ingest_service)  # starts the adapters
         if telemetry is not None:
-            telemetry.start_sampling(dependencies(), repo=container.metadata_repo())
+            telemetry.start_sampling(
+                dependencies(), repo=container.metadata_repo(), etl_history=RunHistory(container.object_store())
+            )
         for worker in workers:
             worker.start()
         log.info("wotr API ready on profile %s", settings.profile)
