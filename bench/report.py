@@ -115,14 +115,23 @@ def figures(results: dict) -> list[dict]:
                 v >= TARGETS["consumer_rows_per_s"] if target else None,
                 f"{r['rows']:,} rows in {r['seconds']:.1f}s, {r['batches']:,} batches; bench process "
                 f"{r['cpu']['bench_process_cores']:.2f} cores" + ("" if r["complete"] or not target else "; time bound hit"))
-    r = hops.get("e2e")
-    if r and r.get("e2e_ms"):
+    for key in ("e2e", "e2e_low"):
+        r = hops.get(key)
+        if not (r and r.get("e2e_ms")):
+            continue
         e = r["e2e_ms"]
-        row(f"end to end, 202 -> row in ClickHouse, at {_num(r['offered_rate'])}/s",
-            f"p50 {_num(e['p50'])} / p99 {_num(e['p99'])} ms", e["p99"], None, f"p99 <= {TARGETS['e2e_p99_ms']:,} ms",
-            e["p99"] <= TARGETS["e2e_p99_ms"] and r["rows_matched"] >= 0.99 * r["ok"],
-            f"{r['rows_matched']:,} of {r['ok']:,} accepted rows found; consumer {r['cpu'].get('consumer_cores', 0):.2f} "
-            f"cores; engine loaded_at - created_at p99 {_num(r['loaded_minus_created_ms'].get('p99'))} ms")
+        overloaded = r["achieved_rate"] < 0.97 * r["offered_rate"] or bool(r["errors"])
+        row(f"end to end, 202 -> row in ClickHouse, at {_num(r['offered_rate'])}/s offered",
+            f"p50 {_num(e['p50'])} / p99 {_num(e['p99'])} ms", e["p99"], None,
+            f"p99 <= {TARGETS['e2e_p99_ms']:,} ms" if key == "e2e" else "(at a rate the API sustains)",
+            (e["p99"] <= TARGETS["e2e_p99_ms"] and r["rows_matched"] >= 0.99 * r["ok"] and not overloaded)
+            if key == "e2e" else None,
+            f"{r['rows_matched']:,} of {r['ok']:,} accepted rows found; API accepted {_num(r['achieved_rate'])}/s"
+            + (" (overloaded: the 202 itself comes late, so a row can be loaded before its 202 arrives and the "
+               "figure can be negative)" if overloaded else "")
+            + f"; ingest latency p99 {_num(r['latency_ms'].get('p99'), 1)} ms; consumer "
+            f"{r['cpu'].get('consumer_cores', 0):.2f} cores; engine loaded_at - created_at p50 "
+            f"{_num(r['loaded_minus_created_ms'].get('p50'))} / p99 {_num(r['loaded_minus_created_ms'].get('p99'))} ms")
     for key in sorted(k for k in hops if k.startswith("w") and k.endswith("_sat") and hops[k]):
         r = hops[key]
         n = key[1:].split("_")[0]
@@ -283,8 +292,11 @@ def chart(results: dict, rows: list[dict], path: Path) -> str | None:
     for key in sorted(k for k in hops if k.startswith("w") and k.endswith("_fixed") and hops[k]):
         if hops[key].get("latency_ms"):
             lat_groups.append((f"ingest, {key[1:].split('_')[0]} workers", hops[key]["latency_ms"]))
-    if hops.get("e2e") and hops["e2e"].get("e2e_ms"):
-        lat_groups.append(("end to end", hops["e2e"]["e2e_ms"]))
+    for key in ("e2e", "e2e_low"):
+        if hops.get(key) and hops[key].get("e2e_ms"):
+            lat_groups.append((f"end to end at {hops[key]['offered_rate']:,.0f}/s", hops[key]["e2e_ms"]))
+    if hops.get("e2e_low") and hops["e2e_low"].get("latency_ms"):
+        lat_groups.insert(0, (f"ingest at {hops['e2e_low']['offered_rate']:,.0f}/s", hops["e2e_low"]["latency_ms"]))
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(16, max(5, 0.42 * len(bars) + 1.5)),
                                    gridspec_kw={"width_ratios": [1.6, 1]})
@@ -309,7 +321,7 @@ def chart(results: dict, rows: list[dict], path: Path) -> str | None:
         width = 0.8 / len(qs)
         for i, q in enumerate(qs):
             xs = [g + i * width for g in range(len(lat_groups))]
-            ys = [max(grp.get(q, 0), 0.01) for _, grp in lat_groups]
+            ys = [max(grp.get(q, 0), 0.01) for _, grp in lat_groups]  # a negative e2e figure shows as ~0
             ax2.bar(xs, ys, width, label=q)
         ax2.set_xticks([g + width for g in range(len(lat_groups))], [n for n, _ in lat_groups], rotation=20,
                        ha="right", fontsize=8)

@@ -44,6 +44,7 @@ class Plan:
     saturation_s: float = 15.0
     health_s: float = 10.0
     rate: float = 1000.0
+    low_rate: float = 100.0  # a rate the API sustains on this machine, for an end-to-end figure without overload
     fixed_s: float = 15.0
     connections: tuple[int, ...] = (16, 64)
     batch_sizes: tuple[int, ...] = (100, 1000)
@@ -60,7 +61,7 @@ class Plan:
 
 
 FULL = Plan()
-QUICK = Plan(saturation_s=3, health_s=3, rate=200, fixed_s=3, connections=(16,), batch_sizes=(100,), s3_s=2, pg_s=2,
+QUICK = Plan(saturation_s=3, health_s=3, rate=200, low_rate=50, fixed_s=3, connections=(16,), batch_sizes=(100,), s3_s=2, pg_s=2,
              pg_copy_rows=20_000, drain_events=20_000, ch_rows=20_000, naive_s=3, etl_events=2_000, workers=(2,),
              profile_s=4)
 
@@ -278,6 +279,8 @@ def run_phases(args: argparse.Namespace, plan: Plan, ns: Namespace, wrk_path: st
 
         say(f"hops: single-event ingest, end to end at {plan.rate:g}/s (wotr consume running)")
         hop["e2e"] = phase("end to end", hops.end_to_end, api, rate=plan.rate, duration=plan.fixed_s)
+        say(f"hops: end to end at {plan.low_rate:g}/s (wotr consume running)")
+        hop["e2e_low"] = phase("end to end, low rate", hops.end_to_end, api, rate=plan.low_rate, duration=plan.fixed_s)
         say(f"hops: single-event ingest at {plan.rate:g}/s offered (API alone)")
         hop["ingest_fixed"] = phase("ingest fixed rate", hops.fixed_rate, api, rate=plan.rate, duration=plan.fixed_s)
         for c in plan.connections:
