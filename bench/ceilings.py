@@ -66,6 +66,33 @@ def s3_put(ns: Namespace, *, processes: int = 2, threads: int = 4, seconds: floa
                    how=f"minio SDK put_object, {processes} processes x {threads} threads, {size}-byte objects, {seconds:g} s")
 
 
+def s3_put_server(ns: Namespace, wrk_path: str, *, objects: int = 2000, connections: int = 16, seconds: float = 8.0,
+                  size: int = 200) -> dict:
+    """The S3 server's own PUT rate, without a Python client: wrk PUTs small objects to
+    presigned URLs (signed once, up front, for `objects` distinct keys used in turn)."""
+    from datetime import timedelta as _td
+    from urllib.parse import urlsplit
+
+    from wotr_adapters.minio import minio_client
+
+    from . import load
+
+    client = minio_client(ns.s3())
+    paths = []
+    for i in range(objects):
+        u = urlsplit(client.presigned_put_object(ns.bucket, f"ceiling/wrk/{i}.json", expires=_td(hours=1)))
+        paths.append(f"{u.path}?{u.query}")
+    base = f"http://{ns.s3().endpoint}"
+    body = b'{"x":"' + b"a" * max(0, size - 8) + b'"}'
+    with CpuWindow() as cpu:
+        r = load.wrk(wrk_path, base + "/", ns.workdir, body=body, connections=connections, duration=seconds,
+                     put_paths=paths)
+    return _result("S3 PUT, server only", r["requests_per_s"], "objects/s", r["requests"], r["duration_s"], cpu.result,
+                   how=f"wrk PUT to presigned URLs ({objects:,} keys in turn), {connections} connections, {size}-byte "
+                       f"objects, {seconds:g} s; p99 {r['latency_ms']['p99']:.1f} ms; no Python client",
+                   errors=r["errors"])
+
+
 # -- PostgreSQL --------------------------------------------------------------------------
 
 _PG_TABLE = "ceiling_rows"

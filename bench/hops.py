@@ -11,7 +11,20 @@ from pathlib import Path
 from typing import Any
 
 from . import load
-from .common import PY, REPO, CpuWindow, Namespace, Service, consumer_service, metric_sum, say, wait_until
+from .common import PY, REPO, CpuWindow, Namespace, Service, consumer_service, metric_sum, say, tree_cpu, wait_until
+
+
+def settle(api: Service, *, idle_cores: float = 0.1, window: float = 1.0, timeout: float = 60.0) -> float:
+    """Wait until the server is idle again (an overloaded run leaves requests queued in it
+    after the client gave up), so the next phase does not inherit its backlog; returns
+    the seconds waited."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout and api.alive():
+        c0 = tree_cpu(api.pid)
+        time.sleep(window)
+        if (tree_cpu(api.pid) - c0) / window < idle_cores:
+            break
+    return time.monotonic() - t0
 
 # -- HTTP ingest -------------------------------------------------------------------------
 
@@ -52,6 +65,7 @@ def saturate(wrk: str, api: Service, path: str, *, body: bytes = b"", connection
     r["generator_cpu_cores"] = cpu.result["load_generator_cores"]
     r["server_cpu_us_per_event"] = cpu.result["server_cores"] / max(r["events_per_s"], 1e-9) * 1e6
     r["server_log"] = _log_trouble(api, mark)
+    r["settle_s"] = settle(api)
     return r
 
 
@@ -64,6 +78,7 @@ def fixed_rate(api: Service, *, rate: float, duration: float, watch: dict[str, i
     r["cpu"] = cpu.result
     r["server_cpu_us_per_event"] = cpu.result["server_cores"] / max(r["achieved_rate"], 1e-9) * 1e6
     r["server_log"] = _log_trouble(api, mark)
+    r["settle_s"] = settle(api)
     if not keep_ids:
         r.pop("ids", None)
     return r

@@ -56,14 +56,33 @@ def batch_body(size: int) -> bytes:
     return json.dumps([sample_event(i, rng) for i in range(size)], separators=(",", ":")).encode()
 
 
+_PUT_PATHS = """
+local paths = {}
+for line in io.lines("%(paths)s") do paths[#paths + 1] = line end
+local i = 0
+request = function()
+  i = i %% #paths + 1
+  return wrk.format("PUT", paths[i], {["Content-Type"] = "application/octet-stream"}, wrk.body)
+end
+"""
+
+
 def wrk(wrk_path: str, url: str, workdir: Path, *, body: bytes = b"", connections: int, duration: float,
-        threads: int = 1, timeout: float = 30) -> dict:
-    """Run wrk for `duration` seconds; returns requests/s, errors, latency and wrk's own CPU."""
+        threads: int = 1, timeout: float = 30, put_paths: list[str] | None = None) -> dict:
+    """Run wrk for `duration` seconds; returns requests/s, errors, latency and wrk's own CPU.
+
+    `put_paths`: PUT `body` to these paths (path and query of presigned URLs) in turn.
+    """
     name = f"wrk-{int(time.time() * 1000)}"
     body_path = workdir / f"{name}.body"
     body_path.write_bytes(body)
     script = workdir / f"{name}.lua"
-    script.write_text(_WRK_SCRIPT % {"body": str(body_path), "method": "POST"})
+    text = _WRK_SCRIPT % {"body": str(body_path), "method": "POST"}
+    if put_paths:
+        paths_file = workdir / f"{name}.paths"
+        paths_file.write_text("\n".join(put_paths) + "\n")
+        text += _PUT_PATHS % {"paths": str(paths_file)}
+    script.write_text(text)
     cmd = [wrk_path, f"-t{threads}", f"-c{connections}", f"-d{max(1, round(duration))}s",
            f"--timeout", f"{int(timeout)}s", "-s", str(script), url]
     cpu0, t0 = children_cpu(), time.monotonic()

@@ -122,7 +122,8 @@ def cleanup(ns: Namespace, budget: float = 120.0) -> dict:
         admin = AdminClient({"bootstrap.servers": ns.stack["KAFKA_BOOTSTRAP"]})
         names = [ns.topic, f"{ns.topic}.dlq", ns.drain_topic, f"{ns.drain_topic}.dlq"]
         existing = set(admin.list_topics(timeout=10).topics)
-        futures = admin.delete_topics([n for n in names if n in existing], request_timeout=15)
+        doomed = [n for n in names if n in existing]
+        futures = admin.delete_topics(doomed, request_timeout=15) if doomed else {}
         for f in futures.values():
             f.result(timeout=20)
         done["kafka"] = f"deleted {len(futures)} topic(s)"
@@ -265,6 +266,8 @@ def run_phases(args: argparse.Namespace, plan: Plan, ns: Namespace, wrk_path: st
         ceil["http"] = phase("Litestar GET /health (wrk, 64 connections)", hops.saturate, wrk_path, api, "/health",
                              connections=64, duration=plan.health_s)
         ceil["s3_put"] = phase("S3 PUT", ceilings.s3_put, ns, seconds=plan.s3_s)
+        ceil["s3_put_server"] = phase("S3 PUT, server only (wrk, presigned URLs)", ceilings.s3_put_server, ns, wrk_path,
+                                      seconds=plan.s3_s)
         pg = phase("PostgreSQL INSERT and COPY", ceilings.postgres, ns, seconds=plan.pg_s, copy_rows=plan.pg_copy_rows)
         if pg:
             ceil["pg_insert"], ceil["pg_copy"] = pg
@@ -277,10 +280,10 @@ def run_phases(args: argparse.Namespace, plan: Plan, ns: Namespace, wrk_path: st
         if ch:
             ceil["clickhouse_insert"], ceil["clickhouse_insert_rows"] = ch
 
-        say(f"hops: single-event ingest, end to end at {plan.rate:g}/s (wotr consume running)")
-        hop["e2e"] = phase("end to end", hops.end_to_end, api, rate=plan.rate, duration=plan.fixed_s)
         say(f"hops: end to end at {plan.low_rate:g}/s (wotr consume running)")
         hop["e2e_low"] = phase("end to end, low rate", hops.end_to_end, api, rate=plan.low_rate, duration=plan.fixed_s)
+        say(f"hops: single-event ingest, end to end at {plan.rate:g}/s (wotr consume running)")
+        hop["e2e"] = phase("end to end", hops.end_to_end, api, rate=plan.rate, duration=plan.fixed_s)
         say(f"hops: single-event ingest at {plan.rate:g}/s offered (API alone)")
         hop["ingest_fixed"] = phase("ingest fixed rate", hops.fixed_rate, api, rate=plan.rate, duration=plan.fixed_s)
         for c in plan.connections:
