@@ -50,9 +50,13 @@ MIGRATIONS: list[list[str]] = [
         """CREATE INDEX event_metadata_outbox ON {schema}.event_metadata (recorded_at, id COLLATE "C")
             WHERE status = 'stored'""",
     ],
+    [
+        # The event's line in an NDJSON batch object; NULL when the object is the event.
+        "ALTER TABLE {schema}.event_metadata ADD COLUMN line integer",
+    ],
 ]
 
-_COLUMNS = "id, object_key, size, checksum, received_at, status, published_at, source, type"
+_COLUMNS = "id, object_key, size, checksum, received_at, status, published_at, source, type, line"
 
 
 def postgres_pool(
@@ -84,7 +88,7 @@ def _utc(value: datetime | None) -> datetime | None:
 def _row(r: tuple) -> EventMetadata:
     return EventMetadata(
         id=r[0], object_key=r[1], size=r[2], checksum=r[3], received_at=_utc(r[4]),
-        status=EventStatus(r[5]), published_at=_utc(r[6]), source=r[7], type=r[8],
+        status=EventStatus(r[5]), published_at=_utc(r[6]), source=r[7], type=r[8], line=r[9],
     )
 
 
@@ -109,7 +113,7 @@ class PostgresMetadataRepo:
         self._insert = q(
             "INSERT INTO {table} ({columns}) SELECT * FROM unnest("
             "%s::text[], %s::text[], %s::bigint[], %s::text[], %s::timestamptz[], %s::text[], "
-            "%s::timestamptz[], %s::text[], %s::text[]) ON CONFLICT (id) DO NOTHING RETURNING id"
+            "%s::timestamptz[], %s::text[], %s::text[], %s::int[]) ON CONFLICT (id) DO NOTHING RETURNING id"
         )
         self._select_ids = q("SELECT {columns} FROM {table} WHERE id = ANY(%s)")
         self._mark = q(
@@ -223,6 +227,7 @@ class PostgresMetadataRepo:
             [m.id for m in rows], [m.object_key for m in rows], [m.size for m in rows],
             [m.checksum for m in rows], [m.received_at for m in rows], [m.status.value for m in rows],
             [m.published_at for m in rows], [m.source for m in rows], [m.type for m in rows],
+            [m.line for m in rows],
         )
         with self._cursor() as cur:
             cur.execute(self._insert, columns)

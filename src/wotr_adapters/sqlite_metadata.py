@@ -25,20 +25,21 @@ CREATE TABLE IF NOT EXISTS event_metadata (
     source       TEXT,
     type         TEXT,
     lease_until  TEXT,
-    recorded_at  TEXT
+    recorded_at  TEXT,
+    line         INTEGER
 );
 """
-# Version 2 adds `recorded_at`, the outbox relay's clock; older files get the column here.
+# Columns added after the first version (`recorded_at`: the outbox relay's clock; `line`: the
+# event's line in an NDJSON batch object); older files get them at start.
 _UPGRADES = {
-    2: [
-        "ALTER TABLE event_metadata ADD COLUMN recorded_at TEXT",
-    ],
+    "recorded_at": "ALTER TABLE event_metadata ADD COLUMN recorded_at TEXT",
+    "line": "ALTER TABLE event_metadata ADD COLUMN line INTEGER",
 }
 _INDEX = (
     "CREATE INDEX IF NOT EXISTS event_metadata_outbox ON event_metadata (recorded_at, id) WHERE status = 'stored'"
 )
 
-_COLUMNS = "id, object_key, size, checksum, received_at, status, published_at, source, type"
+_COLUMNS = "id, object_key, size, checksum, received_at, status, published_at, source, type, line"
 
 
 def _row(r: tuple) -> EventMetadata:
@@ -52,6 +53,7 @@ def _row(r: tuple) -> EventMetadata:
         published_at=from_text(r[6]),
         source=r[7],
         type=r[8],
+        line=r[9],
     )
 
 
@@ -63,11 +65,11 @@ class SqliteMetadataRepo:
         self._db.open()
         with self._db.transaction() as conn:
             columns = {row[1] for row in conn.execute("PRAGMA table_info(event_metadata)")}
-            if "recorded_at" not in columns:
-                for statement in _UPGRADES[2]:
+            for column, statement in _UPGRADES.items():
+                if column not in columns:
                     conn.execute(statement)
             conn.execute(_INDEX)
-            conn.execute("PRAGMA user_version = 2")
+            conn.execute("PRAGMA user_version = 3")
 
     def close(self) -> None:
         self._db.close()
@@ -86,10 +88,10 @@ class SqliteMetadataRepo:
                     new[item.id] = item
             recorded_at = to_text(datetime.now(UTC))
             conn.executemany(
-                f"INSERT INTO event_metadata ({_COLUMNS}, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO event_metadata ({_COLUMNS}, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     (m.id, m.object_key, m.size, m.checksum, to_text(m.received_at), m.status.value,
-                     to_text(m.published_at), m.source, m.type, recorded_at)
+                     to_text(m.published_at), m.source, m.type, m.line, recorded_at)
                     for m in new.values()
                 ],
             )

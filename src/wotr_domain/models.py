@@ -67,6 +67,7 @@ class EventMetadata(msgspec.Struct, frozen=True, kw_only=True):
     published_at: datetime | None = None
     source: str | None = None
     type: str | None = None
+    line: int | None = None  # the event's line in an NDJSON batch object; None: the object is the event
 
 
 class Recorded(msgspec.Struct, frozen=True, kw_only=True):
@@ -110,6 +111,7 @@ class Receipt(msgspec.Struct, frozen=True, kw_only=True):
     object_key: str
     status: EventStatus
     duplicate: bool = False
+    line: int | None = None
 
 
 class BatchItemResult(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -118,6 +120,7 @@ class BatchItemResult(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=T
     index: int
     id: str | None = None
     object_key: str | None = None
+    line: int | None = None
     status: str | None = None
     duplicate: bool = False
     error: str | None = None

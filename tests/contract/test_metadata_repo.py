@@ -129,3 +129,11 @@ def test_an_unreachable_repo_raises_unavailable(down_metadata_repo):
         down_metadata_repo().get("u-1")
     with pytest.raises(Unavailable):
         down_metadata_repo().check()
+
+
+def test_the_line_of_a_batch_object_round_trips(metadata_repo):
+    rows = [meta(f"ln-{i}", object_key="raw/dt=2026-03-01/batch-1.ndjson", line=i) for i in range(3)]
+    metadata_repo.record(rows + [meta("whole")])
+    assert [metadata_repo.get(f"ln-{i}").line for i in range(3)] == [0, 1, 2]
+    assert metadata_repo.get("whole").line is None
+    assert metadata_repo.find(["ln-2"])["ln-2"] == rows[2]

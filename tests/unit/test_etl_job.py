@@ -266,3 +266,18 @@ def test_the_cli_runs_the_job_and_shows_the_history_on_the_embedded_profile(spar
     assert table[0].split() == ["RUN", "STARTED", "(UTC)", "STATUS", "DATES", "READ", "WRITTEN", "REJECTED", "DUPL",
                                 "DURATION"]
     assert table[1].split()[3:8] == ["succeeded", "2026-11-25", "4", "3", "1"]
+
+
+def test_a_batch_object_yields_one_row_per_line(spark, archive):
+    archive.now = datetime(2026, 11, 25, 9, 30, tzinfo=UTC)
+    results = archive.service.ingest_batch([IngestRequest(payload={"b": i}, source="bulk") for i in range(25)])
+    single = archive.ingest(D2, 2)
+    (key,) = {r.object_key for r in results}
+    assert key.endswith(".ndjson")
+    archive.job(spark).run(Selection(date=D2))
+    rows = _rows(archive.curated())
+    assert len(rows) == 27
+    batch_rows = [r for r in rows if r["object_key"] == key]
+    assert sorted(r["event_id"] for r in batch_rows) == sorted(r.id for r in results)
+    assert sorted(json.loads(r["payload"])["b"] for r in batch_rows) == list(range(25))
+    assert {r["event_id"] for r in rows} - {r.id for r in results} == set(single)

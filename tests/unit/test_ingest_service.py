@@ -106,8 +106,24 @@ def test_a_batch_accepts_the_valid_items_and_reports_each_invalid_one(ingest, st
     assert results[3].id == "dup" and results[3].duplicate
     assert results[4].field == "id"
     assert repo.count() == 2
-    assert len(list(store.list("raw/"))) == 2
+    (key,) = store.list("raw/")  # one NDJSON object for the batch
+    assert key.startswith("raw/dt=2026-05-17/batch-") and key.endswith(".ndjson")
+    assert (results[0].object_key, results[0].line, results[2].object_key, results[2].line) == (key, 0, key, 1)
     assert len(bus.messages()) == 2
+
+
+def test_a_batch_object_holds_each_event_on_its_line_with_its_own_checksum(ingest, store, repo, bus):
+    results = ingest.ingest_batch([IngestRequest(id=f"n-{i}", payload={"n": i}) for i in range(3)])
+    key = results[0].object_key
+    lines = store.get(key).split(b"\n")
+    assert lines[-1] == b"" and len(lines) == 4
+    for i, line in enumerate(lines[:3]):
+        event = decode_event(line)
+        assert (event.id, event.payload) == (f"n-{i}", {"n": i})
+        row = repo.get(f"n-{i}")
+        assert (row.object_key, row.line, row.size, row.checksum) == (key, i, len(line), sha256_hex(line))
+    assert [m.value for m in bus.messages()] == lines[:3]
+    assert [m.headers["object-line"] for m in bus.messages()] == ["0", "1", "2"]
 
 
 def test_a_batch_is_published_in_one_call(ingest, bus):

@@ -92,3 +92,14 @@ def test_accepted_events_reach_the_sink_across_a_bus_outage(ingest, relay, loade
     relay.run_once()
     loader.run_once(timeout=0)
     assert set(sink.rows) == ids
+
+
+def test_relay_republishes_the_right_line_of_a_batch_object(ingest, relay, bus, repo, clock, store):
+    bus.outage = True
+    results = ingest.ingest_batch([IngestRequest(payload={"n": i}) for i in range(4)])
+    bus.outage = False
+    clock.advance(11)
+    assert relay.run_once() == 4
+    lines = store.get(results[0].object_key).split(b"\n")
+    assert sorted((m.key, m.value) for m in bus.messages()) == sorted((r.id, lines[r.line]) for r in results)
+    assert repo.count(EventStatus.PUBLISHED) == 4

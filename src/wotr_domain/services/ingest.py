@@ -13,8 +13,10 @@ import logging
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 
+import msgspec
+
 from ..codec import encode, sha256_hex
-from ..errors import InvalidEvent, PayloadTooLarge, Unavailable, WotrError
+from ..errors import InvalidEvent, NotFound, PayloadTooLarge, Unavailable, WotrError
 from ..ids import new_event_id, validate_event_id
 from ..models import (
     BatchItemResult,
@@ -44,13 +46,27 @@ def object_key_for(event_id: str, received_at: datetime) -> str:
     return f"raw/dt={received_at.astimezone(UTC):%Y-%m-%d}/{event_id}.json"
 
 
-def bus_message_for(event_id: str, body: bytes, object_key: str) -> BusMessage:
+def batch_key_for(received_at: datetime) -> str:
+    """A batch's NDJSON object: `raw/dt=YYYY-MM-DD/batch-<uuid7>.ndjson`, one event per line."""
+    return f"raw/dt={received_at.astimezone(UTC):%Y-%m-%d}/batch-{new_event_id()}.ndjson"
+
+
+def bus_message_for(event_id: str, body: bytes, object_key: str, line: int | None = None) -> BusMessage:
     """The bus carries the archived bytes, keyed by id; headers name the id and the object."""
-    return BusMessage(
-        key=event_id,
-        value=body,
-        headers={"content-type": "application/json", "event-id": event_id, "object-key": object_key},
-    )
+    headers = {"content-type": "application/json", "event-id": event_id, "object-key": object_key}
+    if line is not None:
+        headers["object-line"] = str(line)
+    return BusMessage(key=event_id, value=body, headers=headers)
+
+
+def line_of(obj: bytes, line: int | None) -> bytes:
+    """The event's bytes in a raw object: the whole object, or one line of a batch object."""
+    if line is None:
+        return obj
+    lines = obj.split(b"\n")
+    if not 0 <= line < len(lines) or not lines[line]:
+        raise NotFound(f"line {line} is not in the object")
+    return lines[line]
 
 
 class IngestService:
@@ -83,7 +99,7 @@ class IngestService:
     def ingest(self, request: IngestRequest) -> Receipt:
         """Accept one event; raises `InvalidEvent`, `PayloadTooLarge` or `Unavailable`."""
         try:
-            prepared = self._prepare(request)
+            prepared = self._prepare(request, self._clock())
         except WotrError:
             self._observer.rejected(1)
             raise
@@ -96,11 +112,12 @@ class IngestService:
         """
         results: dict[int, BatchItemResult] = {}
         prepared: list[tuple[int, _Prepared]] = []
+        received_at = self._clock()  # one reception time: the batch is one object, on one date
         for index, item in enumerate(items):
             try:
                 if isinstance(item, InvalidEvent):
                     raise item
-                prepared.append((index, self._prepare(item)))
+                prepared.append((index, self._prepare(item, received_at)))
             except InvalidEvent as e:
                 results[index] = BatchItemResult(index=index, error=e.message, field=e.field)
             except PayloadTooLarge as e:
@@ -113,6 +130,7 @@ class IngestService:
                 index=index,
                 id=receipt.id,
                 object_key=receipt.object_key,
+                line=receipt.line,
                 status=receipt.status.value,
                 duplicate=receipt.duplicate,
             )
@@ -120,9 +138,8 @@ class IngestService:
 
     # -- steps -------------------------------------------------------------------------
 
-    def _prepare(self, request: IngestRequest) -> _Prepared:
+    def _prepare(self, request: IngestRequest, received_at: datetime) -> _Prepared:
         event_id = new_event_id() if request.id is None else validate_event_id(request.id)
-        received_at = self._clock()
         event = Event(
             id=event_id,
             received_at=received_at,
@@ -153,13 +170,13 @@ class IngestService:
             for p in fresh:
                 r = receipts[p.event.id]
                 if not r.duplicate and p.published:
-                    receipts[p.event.id] = Receipt(id=r.id, object_key=r.object_key, status=EventStatus.PUBLISHED)
+                    receipts[p.event.id] = msgspec.structs.replace(r, status=EventStatus.PUBLISHED)
         out: list[Receipt] = []
         answered: set[str] = set()
         for p in batch:
             r = receipts[p.event.id]
             if not r.duplicate and p.event.id in answered:  # the same id twice in one batch
-                r = Receipt(id=r.id, object_key=r.object_key, status=r.status, duplicate=True)
+                r = msgspec.structs.replace(r, duplicate=True)
             answered.add(p.event.id)
             out.append(r)
         self._observer.accepted(
@@ -169,24 +186,34 @@ class IngestService:
         self._observer.duplicates(sum(1 for r in out if r.duplicate))
         return out
 
+    def _archive(self, fresh: list[_Prepared]) -> str:
+        """Write the raw bytes: one object for one event, one NDJSON object for several."""
+        if len(fresh) == 1:
+            p = fresh[0]
+            return self._store.put(p.key, p.body, "application/json").key
+        key = batch_key_for(fresh[0].event.received_at)
+        for line, p in enumerate(fresh):
+            p.key, p.line = key, line
+        self._store.put(key, b"\n".join(p.body for p in fresh) + b"\n", "application/x-ndjson")
+        return key
+
     def _store_and_record(self, fresh: list[_Prepared]) -> dict[str, Receipt]:
         written: list[str] = []
-        metas: list[EventMetadata] = []
         try:
-            for p in fresh:
-                ref = self._store.put(p.key, p.body, "application/json")
-                written.append(ref.key)
-                metas.append(
-                    EventMetadata(
-                        id=p.event.id,
-                        object_key=ref.key,
-                        size=ref.size,
-                        checksum=ref.checksum,
-                        received_at=p.event.received_at,
-                        source=p.event.source,
-                        type=p.event.type,
-                    )
+            written.append(self._archive(fresh))
+            metas = [
+                EventMetadata(
+                    id=p.event.id,
+                    object_key=p.key,
+                    line=p.line,
+                    size=len(p.body),
+                    checksum=sha256_hex(p.body),
+                    received_at=p.event.received_at,
+                    source=p.event.source,
+                    type=p.event.type,
                 )
+                for p in fresh
+            ]
             recorded = self._repo.record(metas)
         except Unavailable:
             self._observer.failed(len(fresh))
@@ -195,10 +222,11 @@ class IngestService:
         receipts: dict[str, Receipt] = {}
         for p, rec in zip(fresh, recorded, strict=True):
             if rec.created:
-                receipts[p.event.id] = Receipt(id=p.event.id, object_key=p.key, status=EventStatus.STORED)
+                receipts[p.event.id] = Receipt(id=p.event.id, object_key=p.key, status=EventStatus.STORED, line=p.line)
             else:
                 # Lost a race with a concurrent request for the same id: the first one wins.
-                if rec.metadata.object_key != p.key:
+                # (A batch object keeps its line: the other lines are accepted events.)
+                if p.line is None and rec.metadata.object_key != p.key:
                     self._discard([p.key])
                 receipts[p.event.id] = _duplicate(rec.metadata)
         return receipts
@@ -215,7 +243,7 @@ class IngestService:
             self._observer.publish_deferred(len(accepted))
             return
         try:
-            self._bus.publish([bus_message_for(p.event.id, p.body, p.key) for p in accepted])
+            self._bus.publish([bus_message_for(p.event.id, p.body, p.key, p.line) for p in accepted])
         except Unavailable as e:
             log.warning("publish deferred to the outbox relay for %d event(s): %s", len(accepted), e)
             self._publish_paused_until = self._clock() + timedelta(seconds=self._publish_pause)
@@ -240,14 +268,15 @@ class IngestService:
 
 
 class _Prepared:
-    __slots__ = ("event", "body", "key", "published")
+    __slots__ = ("event", "body", "key", "line", "published")
 
     def __init__(self, event: Event, body: bytes, key: str) -> None:
         self.event = event
         self.body = body
         self.key = key
+        self.line: int | None = None
         self.published = False
 
 
 def _duplicate(meta: EventMetadata) -> Receipt:
-    return Receipt(id=meta.id, object_key=meta.object_key, status=meta.status, duplicate=True)
+    return Receipt(id=meta.id, object_key=meta.object_key, status=meta.status, duplicate=True, line=meta.line)

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from ..errors import NotFound
 from ..models import BusMessage
 from ..ports import EventBus, MetadataRepo, ObjectStore
-from .ingest import bus_message_for, utcnow
+from .ingest import bus_message_for, line_of, utcnow
 from .observer import NullObserver, RelayObserver
 
 __all__ = ["OutboxRelay"]
@@ -54,13 +54,17 @@ class OutboxRelay:
             return 0
         messages: list[BusMessage] = []
         ids: list[str] = []
+        objects: dict[str, bytes] = {}  # a batch object serves all its pending lines with one read
         for meta in claimed:
             try:
-                body = self._store.get(meta.object_key)
+                if meta.object_key not in objects:
+                    objects[meta.object_key] = self._store.get(meta.object_key)
+                body = line_of(objects[meta.object_key], meta.line)
             except NotFound:
-                log.error("event %s is recorded but its object %s is missing; left stored", meta.id, meta.object_key)
+                where = meta.object_key if meta.line is None else f"{meta.object_key} line {meta.line}"
+                log.error("event %s is recorded but its raw bytes (%s) are missing; left stored", meta.id, where)
                 continue
-            messages.append(bus_message_for(meta.id, body, meta.object_key))
+            messages.append(bus_message_for(meta.id, body, meta.object_key, meta.line))
             ids.append(meta.id)
         if messages:
             self._bus.publish(messages)
