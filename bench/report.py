@@ -292,17 +292,18 @@ def chart(results: dict, rows: list[dict], path: Path) -> str | None:
         if c["value"]:
             bars.append((f"ceiling: {c['ceiling']}", c["value"], "#bbbbbb"))
     lat_groups: list[tuple[str, dict]] = []
-    for key, label in (("ingest_fixed", "ingest, 1 process"), ("e2e", "ingest, consumer on")):
+    for key, label in (("ingest_fixed", "ingest {rate}/s, 1 process"), ("e2e", "ingest {rate}/s, consumer on")):
         if hops.get(key) and hops[key].get("latency_ms"):
-            lat_groups.append((label, hops[key]["latency_ms"]))
+            lat_groups.append((label.format(rate=_num(hops[key]["offered_rate"])), hops[key]["latency_ms"]))
     for key in sorted(k for k in hops if k.startswith("w") and k.endswith("_fixed") and hops[k]):
         if hops[key].get("latency_ms"):
-            lat_groups.append((f"ingest, {key[1:].split('_')[0]} workers", hops[key]["latency_ms"]))
+            lat_groups.append((f"ingest {_num(hops[key]['offered_rate'])}/s, {key[1:].split('_')[0]} workers",
+                               hops[key]["latency_ms"]))
     for key in ("e2e", "e2e_low"):
         if hops.get(key) and hops[key].get("e2e_ms"):
-            lat_groups.append((f"end to end at {hops[key]['offered_rate']:,.0f}/s", hops[key]["e2e_ms"]))
+            lat_groups.append((f"202 -> row, {hops[key]['offered_rate']:,.0f}/s", hops[key]["e2e_ms"]))
     if hops.get("e2e_low") and hops["e2e_low"].get("latency_ms"):
-        lat_groups.insert(0, (f"ingest at {hops['e2e_low']['offered_rate']:,.0f}/s", hops["e2e_low"]["latency_ms"]))
+        lat_groups.insert(0, (f"ingest {hops['e2e_low']['offered_rate']:,.0f}/s, consumer on", hops["e2e_low"]["latency_ms"]))
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(16, max(5, 0.42 * len(bars) + 1.5)),
                                    gridspec_kw={"width_ratios": [1.6, 1]})
@@ -340,8 +341,7 @@ def chart(results: dict, rows: list[dict], path: Path) -> str | None:
         ax2.axhline(TARGETS["e2e_p99_ms"], ls="--", color="#d62728", lw=1)
         ax2.text(-0.4, TARGETS["e2e_p99_ms"], "e2e p99 target", fontsize=7, color="#d62728", va="bottom")
         ax2.legend(fontsize=8)
-        rate = hops.get("ingest_fixed", {}) or {}
-        ax2.set_title(f"Latency percentiles at {rate.get('offered_rate', 0):,.0f} events/s offered (open loop)")
+        ax2.set_title("Latency percentiles, open loop (negative e2e not drawn)", fontsize=10)
     fig.suptitle(f"wotr benchmark {results['started']} ({results['mode']}), {results['machine']['cores']} cores, "
                  f"load avg {results['quiet']['load_average'][0]:.2f}")
     fig.tight_layout()
