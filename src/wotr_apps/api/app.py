@@ -25,6 +25,7 @@ from ..etl.history import RunHistory
 from ..telemetry import Telemetry
 from ..workers import WorkerThread
 from .errors import EXCEPTION_HANDLERS
+from .group_commit import GroupCommit
 from .ingest import ingest_batch, ingest_one
 from .metrics import metrics_route
 from .queries import event_metadata, health, latest_rows, ready
@@ -55,9 +56,12 @@ def create_app(
             "analytics_sink": container.analytics_sink(),
         }
 
+    group_commit = GroupCommit(lambda items: container.ingest_service().ingest_many(items))
+
     @asynccontextmanager
     async def lifespan(_: Litestar) -> AsyncIterator[None]:
         await anyio.to_thread.run_sync(container.ingest_service)  # starts the adapters
+        await group_commit.start()
         if telemetry is not None:
             telemetry.start_sampling(
                 dependencies(), repo=container.metadata_repo(), etl_history=RunHistory(container.object_store())
@@ -68,6 +72,7 @@ def create_app(
         try:
             yield
         finally:
+            await group_commit.stop()
             for worker in workers:
                 await anyio.to_thread.run_sync(worker.stop)
             if telemetry is not None:
@@ -90,8 +95,9 @@ def create_app(
             "analytics_sink": Provide(lambda: container.analytics_sink(), sync_to_thread=False),
             "dependencies": Provide(dependencies, sync_to_thread=False),
             "limits": Provide(lambda: limits, sync_to_thread=False),
+            "group_commit": Provide(lambda: group_commit, sync_to_thread=False),
         },
-        signature_types=[IngestService, MetadataRepo, AnalyticsSink],
+        signature_types=[IngestService, MetadataRepo, AnalyticsSink, GroupCommit],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=[lifespan],
         plugins=plugins,

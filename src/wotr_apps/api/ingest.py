@@ -12,6 +12,7 @@ from wotr_domain.models import BatchItemResult, IngestRequest, Receipt
 from wotr_domain.services import IngestService
 
 from .errors import UnsupportedMediaType
+from .group_commit import GroupCommit
 
 __all__ = ["ingest_batch", "ingest_one", "parse_batch"]
 
@@ -38,7 +39,12 @@ async def _body(request: Request, limit: int) -> bytes:
 
 
 @post("/ingest", status_code=202, summary="Ingest one event")
-async def ingest_one(request: Request, ingest: NamedDependency[IngestService], limits: NamedDependency[dict]) -> Response[Receipt]:
+async def ingest_one(
+    request: Request,
+    ingest: NamedDependency[IngestService],
+    group_commit: NamedDependency[GroupCommit],
+    limits: NamedDependency[dict],
+) -> Response[Receipt]:
     """Body `{"payload": {...}}` with optional `id`, `source`, `type`, `timestamp`.
 
     202 with the receipt for a new event; 200 with the first receipt for a repeated id.
@@ -51,7 +57,7 @@ async def ingest_one(request: Request, ingest: NamedDependency[IngestService], l
     except WotrError:
         ingest.note_rejected()
         raise
-    receipt = await anyio.to_thread.run_sync(ingest.ingest, event)
+    receipt = await group_commit.submit(event)
     return Response(receipt, status_code=200 if receipt.duplicate else 202)
 
 

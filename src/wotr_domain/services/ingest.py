@@ -105,36 +105,33 @@ class IngestService:
             raise
         return self._accept([prepared])[0]
 
-    def ingest_batch(self, items: Sequence[IngestRequest | InvalidEvent]) -> list[BatchItemResult]:
-        """Accept every valid item in one pass; invalid items get their error, the rest go on.
+    def ingest_many(self, items: Sequence[IngestRequest | WotrError]) -> list[Receipt | WotrError]:
+        """Accept every valid item in one pass (one object, one metadata write, one publish).
 
-        `Unavailable` aborts the whole batch (nothing of it is accepted).
+        Each item is answered by its receipt or by the error that refused it; an item that
+        is already an error stays one. `Unavailable` aborts the whole call: nothing of it
+        is accepted.
         """
-        results: dict[int, BatchItemResult] = {}
+        answers: dict[int, Receipt | WotrError] = {}
         prepared: list[tuple[int, _Prepared]] = []
         received_at = self._clock()  # one reception time: the batch is one object, on one date
         for index, item in enumerate(items):
             try:
-                if isinstance(item, InvalidEvent):
+                if isinstance(item, WotrError):
                     raise item
                 prepared.append((index, self._prepare(item, received_at)))
-            except InvalidEvent as e:
-                results[index] = BatchItemResult(index=index, error=e.message, field=e.field)
-            except PayloadTooLarge as e:
-                results[index] = BatchItemResult(index=index, error=str(e))
-        if len(results):
-            self._observer.rejected(len(results))
+            except (InvalidEvent, PayloadTooLarge) as e:
+                answers[index] = e
+        if answers:
+            self._observer.rejected(len(answers))
         receipts = self._accept([p for _, p in prepared]) if prepared else []
         for (index, _), receipt in zip(prepared, receipts, strict=True):
-            results[index] = BatchItemResult(
-                index=index,
-                id=receipt.id,
-                object_key=receipt.object_key,
-                line=receipt.line,
-                status=receipt.status.value,
-                duplicate=receipt.duplicate,
-            )
-        return [results[i] for i in range(len(items))]
+            answers[index] = receipt
+        return [answers[i] for i in range(len(items))]
+
+    def ingest_batch(self, items: Sequence[IngestRequest | InvalidEvent]) -> list[BatchItemResult]:
+        """`ingest_many`, answered as per-item results in input order."""
+        return [_result(index, answer) for index, answer in enumerate(self.ingest_many(items))]
 
     # -- steps -------------------------------------------------------------------------
 
@@ -276,6 +273,17 @@ class _Prepared:
         self.key = key
         self.line: int | None = None
         self.published = False
+
+
+def _result(index: int, answer: Receipt | WotrError) -> BatchItemResult:
+    if isinstance(answer, Receipt):
+        return BatchItemResult(
+            index=index, id=answer.id, object_key=answer.object_key, line=answer.line,
+            status=answer.status.value, duplicate=answer.duplicate,
+        )
+    if isinstance(answer, InvalidEvent):
+        return BatchItemResult(index=index, error=answer.message, field=answer.field)
+    return BatchItemResult(index=index, error=str(answer))
 
 
 def _duplicate(meta: EventMetadata) -> Receipt:

@@ -1,0 +1,93 @@
+"""Group commit: concurrent single-event requests share flushes; each gets its own answer."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+
+from wotr_apps.api.group_commit import GroupCommit
+from wotr_domain.errors import InvalidId, Unavailable
+from wotr_domain.models import EventStatus, IngestRequest
+
+
+class Gated:
+    """The real `ingest_many`, held at a gate so that requests pile up behind a flush."""
+
+    def __init__(self, ingest) -> None:
+        self.ingest = ingest
+        self.gate = threading.Event()
+        self.sizes: list[int] = []
+
+    def __call__(self, items):
+        self.sizes.append(len(items))
+        self.gate.wait(10)
+        return self.ingest.ingest_many(items)
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_requests_that_arrive_during_a_flush_go_out_together(ingest, store, repo):
+    gated = Gated(ingest)
+
+    async def scenario():
+        commit = GroupCommit(gated, flushes=1)
+        await commit.start()
+        first = asyncio.create_task(commit.submit(IngestRequest(id="first", payload={})))
+        await asyncio.sleep(0.05)  # the first flush is in progress, held at the gate
+        rest = [asyncio.create_task(commit.submit(IngestRequest(id=f"r-{i}", payload={"i": i}))) for i in range(20)]
+        await asyncio.sleep(0.05)
+        gated.gate.set()
+        receipts = await asyncio.gather(first, *rest)
+        await commit.stop()
+        return receipts
+
+    receipts = run(scenario())
+    assert gated.sizes == [1, 20]
+    assert [r.id for r in receipts] == ["first"] + [f"r-{i}" for i in range(20)]
+    assert all(r.status is EventStatus.PUBLISHED for r in receipts)
+    assert receipts[0].object_key.endswith("/first.json") and receipts[0].line is None
+    assert {r.object_key for r in receipts[1:]} == {receipts[1].object_key} and receipts[1].object_key.endswith(".ndjson")
+    assert sorted(r.line for r in receipts[1:]) == list(range(20))
+    assert len(list(store.list("raw/"))) == 2 and repo.count() == 21
+
+
+def test_a_bad_request_in_a_group_fails_alone(ingest, repo):
+    gated = Gated(ingest)
+    gated.gate.set()
+
+    async def scenario():
+        commit = GroupCommit(gated, flushes=1)
+        await commit.start()
+        tasks = [asyncio.create_task(commit.submit(IngestRequest(id=i, payload={}))) for i in ("ok-1", "bad id", "ok-2")]
+        answers = await asyncio.gather(*tasks, return_exceptions=True)
+        await commit.stop()
+        return answers
+
+    ok1, bad, ok2 = run(scenario())
+    assert isinstance(bad, InvalidId)
+    assert (ok1.id, ok2.id) == ("ok-1", "ok-2")
+    assert repo.count() == 2
+
+
+def test_an_outage_fails_every_request_of_the_flush(ingest, repo):
+    repo.outage = True
+
+    async def scenario():
+        commit = GroupCommit(ingest.ingest_many, flushes=2)
+        await commit.start()
+        answers = await asyncio.gather(*(commit.submit(IngestRequest(payload={"n": i})) for i in range(5)),
+                                       return_exceptions=True)
+        await commit.stop()
+        return answers
+
+    answers = run(scenario())
+    assert all(isinstance(a, Unavailable) for a in answers)
+
+
+def test_submitting_before_start_is_refused(ingest):
+    with pytest.raises(Unavailable):
+        run(GroupCommit(ingest.ingest_many).submit(IngestRequest(payload={})))
