@@ -173,7 +173,7 @@ def cleanup(ns: Namespace, budget: float = 120.0) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="wotr bench", description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="small loads: a smoke test of the harness (about 2 minutes)")
+    p.add_argument("--quick", action="store_true", help="small loads: a smoke test of the harness (a few minutes)")
     p.add_argument("--profile", action="store_true", help="also sample the API and the consumer with py-spy")
     p.add_argument("--no-etl", dest="etl", action="store_false", help="skip the ETL (Spark) row")
     p.add_argument("--wait-quiet", type=float, default=0.0, metavar="MINUTES",
