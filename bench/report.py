@@ -78,8 +78,10 @@ def figures(results: dict) -> list[dict]:
                      "fraction": fraction, "target": target,
                      "status": "—" if met is None else ("met" if met else "missed"), "note": note})
 
-    single_ceiling = _ceiling(results, [("http", 1, "Litestar /health"), ("s3_put", 1, "S3 PUT"),
-                                        ("pg_insert", 3, "PG 1-row txns (3 per event)"), ("kafka_produce", 1, "Kafka produce")])
+    # Single events go through the API's group commit: per event one HTTP request, one bus
+    # message and one metadata row; the raw object and the statements are shared by a group.
+    single_ceiling = _ceiling(results, [("http", 1, "Litestar /health"), ("kafka_produce", 1, "Kafka produce"),
+                                        ("pg_copy", 1, "PG COPY")])
     sats = {k: v for k, v in hops.items() if k.startswith("ingest_sat_c") and v}
     if sats:
         key, best = max(sats.items(), key=lambda kv: kv[1]["events_per_s"])
@@ -110,7 +112,10 @@ def figures(results: dict) -> list[dict]:
             f">= {TARGETS['batch_events_per_s']:,} events/s", v >= TARGETS["batch_events_per_s"],
             f"{_num(r['requests_per_s'], 1)} req/s, {r['connections']} connections, errors {r['errors']}, "
             f"server {r['cpu'].get('server_cores', 0):.2f} cores; {_server_note(r)}")
-    consumer_ceiling = _ceiling(results, [("kafka_consume", 1, "Kafka consume"), ("clickhouse_insert", 1, "ClickHouse insert")])
+    inserts = [c for c in (results["ceilings"].get("clickhouse_insert"), results["ceilings"].get("clickhouse_insert_rows")) if c]
+    if inserts:  # the engine's ceiling: the faster of the two ways of feeding it
+        results["ceilings"]["clickhouse_best"] = max(inserts, key=lambda c: c["value"])
+    consumer_ceiling = _ceiling(results, [("kafka_consume", 1, "Kafka consume"), ("clickhouse_best", 1, "ClickHouse insert")])
     for key, label, target in (("consumer", "consumer Kafka -> ClickHouse, batches of 5,000", True),
                                ("consumer_naive", "consumer, batches of 1 (per-message design)", False)):
         r = hops.get(key)
@@ -142,8 +147,12 @@ def figures(results: dict) -> list[dict]:
         r = hops[key]
         n = key[1:].split("_")[0]
         v = r["events_per_s"]
+        workers_ceiling = single_ceiling
+        if results["ceilings"].get(f"http_w{n}"):
+            workers_ceiling = _ceiling(results, [(f"http_w{n}", 1, f"Litestar /health ({n} workers)"),
+                                                 ("kafka_produce", 1, "Kafka produce"), ("pg_copy", 1, "PG COPY")])
         row(f"POST /ingest, saturation ({n} uvicorn workers)", f"{_num(v)} events/s ({r['connections']} connections)", v,
-            single_ceiling, f">= {TARGETS['ingest_events_per_s']:,} events/s", v >= TARGETS["ingest_events_per_s"],
+            workers_ceiling, f">= {TARGETS['ingest_events_per_s']:,} events/s", v >= TARGETS["ingest_events_per_s"],
             f"errors {r['errors']}; server {r['cpu'].get('server_cores', 0):.2f} cores; {_server_note(r)}")
         f = hops.get(f"w{n}_fixed")
         if f and f.get("latency_ms"):
@@ -178,12 +187,14 @@ def _ceiling_rows(results: dict) -> list[dict]:
              "clickhouse_insert": "ClickHouse insert, 5,000-row batches, columns + int timestamps",
              "clickhouse_insert_rows": "ClickHouse insert, 5,000-row batches, rows of datetimes (as the sink)"}
     out = []
+    for key in sorted(k for k in results["ceilings"] if k.startswith("http_w")):
+        names[key] = f"Litestar GET /health, {key[len('http_w'):]} uvicorn workers"
     for key, name in names.items():
         c = results["ceilings"].get(key)
         if not c:
             out.append({"key": key, "ceiling": name, "value": None, "unit": "", "how": "not measured", "cpu": ""})
             continue
-        if key == "http":
+        if key.startswith("http"):
             out.append({"key": key, "ceiling": name, "value": c["requests_per_s"], "unit": "requests/s",
                         "how": f"wrk, {c['connections']} connections, {c['duration_s']:.0f} s; p99 "
                                f"{c['latency_ms']['p99']:.1f} ms (closed loop)",

@@ -339,6 +339,8 @@ def run_phases(args: argparse.Namespace, plan: Plan, ns: Namespace, wrk_path: st
             errors.append(f"API with {workers} workers did not start: {e}")
             continue
         try:
+            ceil[f"http_w{workers}"] = phase(f"{workers} workers: Litestar GET /health", hops.saturate, wrk_path, api,
+                                             "/health", connections=64, duration=plan.health_s / 2)
             hop[f"w{workers}_fixed"] = phase(f"{workers} workers: ingest at {plan.rate:g}/s", hops.fixed_rate, api,
                                              rate=plan.rate, duration=plan.fixed_s)
             c = max(plan.connections)
