@@ -6,8 +6,9 @@ PY := $(VENV)/bin/python
 WOTR := $(VENV)/bin/wotr
 STAMP := $(VENV)/.installed-test
 RUN_STAMP := $(VENV)/.installed-run
+BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: run test install stack-up stack-down stack-status lint clean run-etl bench-etl
+.PHONY: run test install stack-up stack-down stack-status lint clean run-etl bench-etl bench
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +25,15 @@ $(STAMP): pyproject.toml | $(VENV)/bin/python
 	touch $(STAMP) $(RUN_STAMP)
 
 install: $(STAMP)
+
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e '.[test,bench]'
+	touch $(BENCH_STAMP)
+
+## Measure every hop beside its ceiling on the native stack; report under bench/results/ (< 15 min).
+bench: $(BENCH_STAMP)
+	$(WOTR) stack up
+	$(PY) -m bench $(BENCH_ARGS)
 
 ## Serve API, consumer and relay on 127.0.0.1:8000, embedded profile (no servers needed).
 run: $(RUN_STAMP)

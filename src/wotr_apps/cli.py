@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import subprocess
 import sys
 from pathlib import Path
 
@@ -39,6 +40,9 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("etl", help="raw JSON archive -> curated Parquet (PySpark); `wotr etl --help` for options",
                    add_help=False)
 
+    sub.add_parser("bench", help="measure every hop beside its ceiling (source checkout; `wotr bench --help`)",
+                   add_help=False)
+
     stack = sub.add_parser("stack", help="the native local stack: up | down | status | logs ...", add_help=False)
     stack.add_argument("args", nargs=argparse.REMAINDER)
     return p
@@ -46,6 +50,12 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:  # the benchmark harness lives in the source checkout, beside src/
+        root = Path(__file__).resolve().parents[2]
+        if not (root / "bench" / "run.py").is_file():
+            print("wotr bench: run it from a source checkout (bench/ not found next to src/)", file=sys.stderr)
+            return 2
+        return subprocess.call([sys.executable, "-m", "bench", *argv[1:]], cwd=root)
     if argv[:1] == ["etl"]:  # the ETL parses its own options (--date, --since, --history, --bench)
         from .etl.cli import main as etl_main
 
