@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run_service(args: argparse.Namespace) -> int:
     from .container import build_container
-    from .runners import consumer_worker, relay_worker, run_until_signalled, serve
+    from .runners import consumer_worker, relay_worker, run_until_signalled, serve, tune_gc_for_batches
     from .settings import Settings
     from .telemetry import Telemetry
 
@@ -96,6 +96,7 @@ def _run_service(args: argparse.Namespace) -> int:
         return 0
     port = args.metrics_port if args.metrics_port is not None else (settings.metrics_port or METRICS_PORTS[args.command])
     if args.command == "consume":
+        tune_gc_for_batches()
         worker = consumer_worker(container, telemetry)
         deps = {"event_bus": container.event_bus(), "analytics_sink": container.analytics_sink()}
     else:

@@ -148,7 +148,7 @@ class IngestService:
         body = encode(event)
         if len(body) > self._max_event_bytes:
             raise PayloadTooLarge(len(body), self._max_event_bytes)
-        return _Prepared(event, body, object_key_for(event_id, received_at))
+        return _Prepared(event, body)
 
     def _accept(self, batch: list[_Prepared]) -> list[Receipt]:
         receipts: dict[str, Receipt] = {}
@@ -187,6 +187,7 @@ class IngestService:
         """Write the raw bytes: one object for one event, one NDJSON object for several."""
         if len(fresh) == 1:
             p = fresh[0]
+            p.key = object_key_for(p.event.id, p.event.received_at)
             return self._store.put(p.key, p.body, "application/json").key
         key = batch_key_for(fresh[0].event.received_at)
         for line, p in enumerate(fresh):
@@ -267,10 +268,10 @@ class IngestService:
 class _Prepared:
     __slots__ = ("event", "body", "key", "line", "published")
 
-    def __init__(self, event: Event, body: bytes, key: str) -> None:
+    def __init__(self, event: Event, body: bytes) -> None:
         self.event = event
         self.body = body
-        self.key = key
+        self.key = ""  # set when archived: its own object, or the batch's
         self.line: int | None = None
         self.published = False
 
