@@ -11,7 +11,7 @@ from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from .common import CpuWindow, Namespace, say
+from .common import CpuWindow, Namespace
 
 
 def _result(name: str, value: float, unit: str, count: int, seconds: float, cpu: dict, **detail: Any) -> dict:

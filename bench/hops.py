@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 import subprocess
 import threading
@@ -11,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from . import load
-from .common import PY, REPO, CpuWindow, Namespace, Service, consumer_service, metric_sum, say, tree_cpu, wait_until
+from .common import PY, REPO, CpuWindow, Service, consumer_service, metric_sum, say, tree_cpu, wait_until
 
 
 def settle(api: Service, *, idle_cores: float = 0.1, window: float = 1.0, timeout: float = 60.0) -> float:

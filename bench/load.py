@@ -84,7 +84,7 @@ def wrk(wrk_path: str, url: str, workdir: Path, *, body: bytes = b"", connection
         text += _PUT_PATHS % {"paths": str(paths_file)}
     script.write_text(text)
     cmd = [wrk_path, f"-t{threads}", f"-c{connections}", f"-d{max(1, round(duration))}s",
-           f"--timeout", f"{int(timeout)}s", "-s", str(script), url]
+           "--timeout", f"{int(timeout)}s", "-s", str(script), url]
     cpu0, t0 = children_cpu(), time.monotonic()
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + timeout + 30)
     wall, cpu = time.monotonic() - t0, children_cpu() - cpu0

@@ -293,7 +293,7 @@ def chart(results: dict, rows: list[dict], path: Path) -> str | None:
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    hops, ceil = results["hops"], results["ceilings"]
+    hops = results["hops"]
     bars: list[tuple[str, float, str]] = []
     for r in rows:
         if r["figure"].endswith("events/s") or "events/s (" in r["figure"] or r["figure"].endswith("rows/s"):

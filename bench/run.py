@@ -22,7 +22,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from .common import (
-    HOST,
     REPO,
     Namespace,
     api_service,
@@ -236,7 +235,7 @@ def run_phases(args: argparse.Namespace, plan: Plan, ns: Namespace, wrk_path: st
     from wotr_adapters.kafka import KafkaEventBus
     from wotr_adapters.minio import MinioObjectStore, minio_client
 
-    from . import ceilings, hops, profiling
+    from . import ceilings, hops
     from .load import batch_body, event_body
 
     ceil, hop, errors = results["ceilings"], results["hops"], results["errors"]
