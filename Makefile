@@ -30,9 +30,8 @@ $(BENCH_STAMP): $(STAMP)
 	$(PY) -m pip install --quiet -e '.[test,bench]'
 	touch $(BENCH_STAMP)
 
-## Measure every hop beside its ceiling on the native stack; report under bench/results/ (< 15 min).
+## Measure every hop beside its ceiling on the native stack (brought up by the harness); report under bench/results/.
 bench: $(BENCH_STAMP)
-	$(WOTR) stack up
 	$(PY) -m bench $(BENCH_ARGS)
 
 ## Serve API, consumer and relay on 127.0.0.1:8000, embedded profile (no servers needed).

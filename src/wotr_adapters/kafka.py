@@ -217,7 +217,8 @@ class KafkaEventBus:
                         raise Unavailable(DEPENDENCY, f"local producer queue full, {topic} not accepting") from None
                     producer.poll(0.1)
         while pending and (remaining := deadline - time.monotonic()) > 0:
-            producer.poll(min(remaining, 0.1))
+            # Short waits: another publisher's poll may serve our reports while we sleep.
+            producer.poll(min(remaining, 0.01))
         if pending or errors:
             failed = pending + len(errors)
             detail = errors[0] if errors else f"no delivery report within {self.delivery_timeout:g}s"
