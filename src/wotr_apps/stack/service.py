@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from abc import ABC, abstractmethod
 import signal
 import subprocess
 import time
@@ -17,7 +18,7 @@ __all__ = ["HOST", "Service"]
 HOST = "127.0.0.1"
 
 
-class Service:
+class Service(ABC):
     """One server of the stack; subclasses fill in the hooks."""
 
     name: str = ""
@@ -71,8 +72,9 @@ class Service:
     def prepare(self) -> None:
         """Write configs and initialise data (format, initdb) before each start."""
 
+    @abstractmethod
     def command(self) -> list[str]:
-        raise NotImplementedError
+        """The service's command line."""
 
     def spawn_env(self) -> Mapping[str, str] | None:
         return None
@@ -84,9 +86,9 @@ class Service:
         return None
 
     # -- health --------------------------------------------------------------------
+    @abstractmethod
     def probe(self) -> None:
         """Raise when the service does not answer a real request."""
-        raise NotImplementedError
 
     def probe_starting(self) -> None:
         """The probe used while waiting for a fresh start (defaults to `probe`)."""
