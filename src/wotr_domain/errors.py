@@ -14,6 +14,7 @@ __all__ = [
     "MalformedJson",
     "NotFound",
     "PayloadTooLarge",
+    "Refused",
     "Unavailable",
     "WotrError",
 ]
@@ -65,6 +66,20 @@ class Unavailable(WotrError):
 
     def __init__(self, dependency: str, detail: str = "") -> None:
         super().__init__(f"{dependency} is unavailable" + (f": {detail}" if detail else ""))
+        self.dependency = dependency
+        self.detail = detail
+
+
+class Refused(WotrError):
+    """A dependency answered but permanently refused this data; retrying cannot help.
+
+    The opposite of `Unavailable`: the dependency is up, the data is what it will never
+    accept (a value outside its type, a constraint it enforces). Callers isolate the
+    offending items instead of retrying them.
+    """
+
+    def __init__(self, dependency: str, detail: str = "") -> None:
+        super().__init__(f"{dependency} refused the data" + (f": {detail}" if detail else ""))
         self.dependency = dependency
         self.detail = detail
 
