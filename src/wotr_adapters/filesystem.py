@@ -1,6 +1,8 @@
 """Filesystem object store for the embedded profile: keys map to files under a root.
 
-Writes are atomic (temporary file, fsync, rename), so a crash never leaves a torn object.
+Writes are atomic and durable: temporary file, fsync, rename, then fsync of every
+directory the write created or changed, so after a crash or a power loss an object is
+either whole at its key or absent, and a `put` that returned is never undone.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ class FilesystemObjectStore:
     def put(self, key: str, data: bytes, content_type: str = "application/json") -> ObjectRef:
         path = self._path(key)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            self._make_dirs(path.parent)
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
             try:
                 with os.fdopen(fd, "wb") as f:
@@ -54,9 +56,25 @@ class FilesystemObjectStore:
             except BaseException:
                 Path(tmp).unlink(missing_ok=True)
                 raise
+            _fsync_dir(path.parent)  # the rename is durable only once its directory is
         except OSError as e:
             raise Unavailable("object store", f"cannot write {key}: {e}") from e
         return ObjectRef(key=key, size=len(data), checksum=sha256_hex(data))
+
+    def _make_dirs(self, directory: Path) -> None:
+        """Create `directory` and its missing parents, each made durable in its parent."""
+        if directory.is_dir():
+            return
+        missing = []
+        while not directory.is_dir():
+            missing.append(directory)
+            directory = directory.parent
+        for d in reversed(missing):
+            try:
+                d.mkdir()
+            except FileExistsError:  # a concurrent put made it
+                pass
+            _fsync_dir(d.parent)
 
     def get(self, key: str) -> bytes:
         try:
@@ -88,3 +106,11 @@ class FilesystemObjectStore:
                 if key.startswith(prefix):
                     keys.append(key)
         return iter(sorted(keys))
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -222,6 +222,12 @@ class InMemoryMetadataRepo(_Switchable):
                 self._leases[r.id] = now + timedelta(seconds=lease_seconds)
             return due
 
+    def received_between(self, start: datetime, end: datetime) -> Iterator[EventMetadata]:
+        with self._lock:
+            self._up()
+            rows = [r for r in self.rows.values() if start <= r.received_at < end]
+        return iter(sorted(rows, key=lambda r: (r.object_key, -1 if r.line is None else r.line)))
+
     def count(self, status: EventStatus | None = None) -> int:
         with self._lock:
             self._up()

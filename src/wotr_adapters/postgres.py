@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from wotr_domain.errors import NotFound, Unavailable
+from wotr_domain.errors import NotFound, Refused, Unavailable
 from wotr_domain.models import EventMetadata, EventStatus, Recorded
 
 from .connections import PostgresConnection
@@ -54,9 +54,15 @@ MIGRATIONS: list[list[str]] = [
         # The event's line in an NDJSON batch object; NULL when the object is the event.
         "ALTER TABLE {schema}.event_metadata ADD COLUMN line integer",
     ],
+    [
+        # What the client sent, hashed: tells an identical retry from another event reusing the id.
+        "ALTER TABLE {schema}.event_metadata ADD COLUMN fingerprint text",
+        # Readers of the archive (ETL, replay) ask for a day's events.
+        "CREATE INDEX event_metadata_received ON {schema}.event_metadata (received_at)",
+    ],
 ]
 
-_COLUMNS = "id, object_key, size, checksum, received_at, status, published_at, source, type, line"
+_COLUMNS = "id, object_key, size, checksum, received_at, status, published_at, source, type, line, fingerprint"
 
 
 def postgres_pool(
@@ -88,7 +94,7 @@ def _utc(value: datetime | None) -> datetime | None:
 def _row(r: tuple) -> EventMetadata:
     return EventMetadata(
         id=r[0], object_key=r[1], size=r[2], checksum=r[3], received_at=_utc(r[4]),
-        status=EventStatus(r[5]), published_at=_utc(r[6]), source=r[7], type=r[8], line=r[9],
+        status=EventStatus(r[5]), published_at=_utc(r[6]), source=r[7], type=r[8], line=r[9], fingerprint=r[10],
     )
 
 
@@ -113,7 +119,7 @@ class PostgresMetadataRepo:
         self._insert = q(
             "INSERT INTO {table} ({columns}) SELECT * FROM unnest("
             "%s::text[], %s::text[], %s::bigint[], %s::text[], %s::timestamptz[], %s::text[], "
-            "%s::timestamptz[], %s::text[], %s::text[], %s::int[]) ON CONFLICT (id) DO NOTHING RETURNING id"
+            "%s::timestamptz[], %s::text[], %s::text[], %s::int[], %s::text[]) ON CONFLICT (id) DO NOTHING RETURNING id"
         )
         self._select_ids = q("SELECT {columns} FROM {table} WHERE id = ANY(%s)")
         self._mark = q(
@@ -127,6 +133,10 @@ class PostgresMetadataRepo:
             "AND (lease_until IS NULL OR lease_until <= statement_timestamp()) "
             'ORDER BY recorded_at, id COLLATE "C" LIMIT %(limit)s FOR UPDATE SKIP LOCKED) '
             "RETURNING {columns}"
+        )
+        self._received = q(
+            "SELECT {columns} FROM {table} WHERE received_at >= %s AND received_at < %s "
+            'ORDER BY object_key COLLATE "C", line NULLS FIRST'
         )
         self._count_all = q("SELECT count(*) FROM {table}")
         self._count_status = q("SELECT count(*) FROM {table} WHERE status = %s")
@@ -198,21 +208,33 @@ class PostgresMetadataRepo:
     @contextmanager
     def _cursor(self, *, timeout: float | None = None) -> Iterator[Any]:
         """A cursor in one transaction on a pooled connection (committed when the block
-        ends, rolled back on error); driver and pool errors become `Unavailable`."""
+        ends, rolled back on error).
+
+        Data the server will never take (`DataError`, `IntegrityError`: e.g. a NUL
+        character in text) becomes `Refused`; connection, pool, server-state and resource
+        errors become `Unavailable`; a programming error is a bug and is raised as it is.
+        """
         import psycopg
         from psycopg_pool import PoolClosed, PoolTimeout
 
         if self._pool is None:
             raise Unavailable(DEPENDENCY, "repository not started")
+        committing = False
         try:
-            with self._pool.connection(timeout=timeout) as conn, conn.cursor() as cur:
-                yield cur
+            with self._pool.connection(timeout=timeout) as conn:
+                with conn.cursor() as cur:
+                    yield cur
+                committing = True  # leaving the connection block commits
         except PoolClosed as e:
             raise Unavailable(DEPENDENCY, "repository not started or already closed") from e
         except PoolTimeout as e:
             raise Unavailable(DEPENDENCY, f"no connection available: {e}") from e
+        except (psycopg.DataError, psycopg.IntegrityError) as e:
+            raise Refused(DEPENDENCY, f"{type(e).__name__}: {str(e).strip()}") from e
+        except (psycopg.ProgrammingError, psycopg.NotSupportedError):
+            raise
         except psycopg.Error as e:
-            raise Unavailable(DEPENDENCY, f"{type(e).__name__}: {str(e).strip()}") from e
+            raise Unavailable(DEPENDENCY, f"{type(e).__name__}: {str(e).strip()}", uncertain=committing) from e
 
     # -- operations ----------------------------------------------------------------
 
@@ -227,7 +249,7 @@ class PostgresMetadataRepo:
             [m.id for m in rows], [m.object_key for m in rows], [m.size for m in rows],
             [m.checksum for m in rows], [m.received_at for m in rows], [m.status.value for m in rows],
             [m.published_at for m in rows], [m.source for m in rows], [m.type for m in rows],
-            [m.line for m in rows],
+            [m.line for m in rows], [m.fingerprint for m in rows],
         )
         with self._cursor() as cur:
             cur.execute(self._insert, columns)
@@ -272,6 +294,12 @@ class PostgresMetadataRepo:
             cur.execute(self._claim, {"lease": lease_seconds, "older": older_than, "limit": limit})
             rows = [_row(r) for r in cur.fetchall()]
         return sorted(rows, key=lambda r: (r.received_at, r.id))  # RETURNING has no order
+
+    def received_between(self, start: datetime, end: datetime) -> Iterator[EventMetadata]:
+        with self._cursor() as cur:
+            cur.execute(self._received, (start, end))
+            rows = cur.fetchall()
+        return (_row(r) for r in rows)
 
     def count(self, status: EventStatus | None = None) -> int:
         with self._cursor() as cur:

@@ -9,11 +9,12 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections.abc import Iterator
+from typing import NoReturn
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
-from wotr_domain.errors import Unavailable
+from wotr_domain.errors import Refused, Unavailable
 
 __all__ = ["SqliteDatabase", "from_text", "to_text"]
 
@@ -71,9 +72,12 @@ class SqliteDatabase:
                 except BaseException:
                     conn.execute("ROLLBACK")
                     raise
+            except sqlite3.Error as e:
+                _translate(self.name, e)
+            try:
                 conn.execute("COMMIT")
             except sqlite3.Error as e:
-                raise Unavailable(self.name, str(e)) from e
+                _translate(self.name, e, uncertain=True)
 
     def query(self, sql: str, params: tuple | list = ()) -> list[tuple]:
         with self._lock:
@@ -82,4 +86,16 @@ class SqliteDatabase:
             try:
                 return self._conn.execute(sql, params).fetchall()
             except sqlite3.Error as e:
-                raise Unavailable(self.name, str(e)) from e
+                _translate(self.name, e)
+
+
+def _translate(name: str, error: sqlite3.Error, *, uncertain: bool = False) -> NoReturn:
+    """Data the database will never take is `Refused`; the rest (locked, I/O, full disk) `Unavailable`.
+
+    A programming error (`ProgrammingError`, `InterfaceError`) is a bug, raised as it is.
+    """
+    if isinstance(error, (sqlite3.IntegrityError, sqlite3.DataError)):
+        raise Refused(name, str(error)) from error
+    if isinstance(error, (sqlite3.ProgrammingError, sqlite3.InterfaceError, sqlite3.NotSupportedError)):
+        raise error
+    raise Unavailable(name, str(error), uncertain=uncertain) from error

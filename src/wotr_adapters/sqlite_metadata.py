@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -26,7 +26,8 @@ CREATE TABLE IF NOT EXISTS event_metadata (
     type         TEXT,
     lease_until  TEXT,
     recorded_at  TEXT,
-    line         INTEGER
+    line         INTEGER,
+    fingerprint  TEXT
 );
 """
 # Columns added after the first version (`recorded_at`: the outbox relay's clock; `line`: the
@@ -34,12 +35,14 @@ CREATE TABLE IF NOT EXISTS event_metadata (
 _UPGRADES = {
     "recorded_at": "ALTER TABLE event_metadata ADD COLUMN recorded_at TEXT",
     "line": "ALTER TABLE event_metadata ADD COLUMN line INTEGER",
+    "fingerprint": "ALTER TABLE event_metadata ADD COLUMN fingerprint TEXT",
 }
-_INDEX = (
-    "CREATE INDEX IF NOT EXISTS event_metadata_outbox ON event_metadata (recorded_at, id) WHERE status = 'stored'"
+_INDEXES = (
+    "CREATE INDEX IF NOT EXISTS event_metadata_outbox ON event_metadata (recorded_at, id) WHERE status = 'stored'",
+    "CREATE INDEX IF NOT EXISTS event_metadata_received ON event_metadata (received_at)",
 )
 
-_COLUMNS = "id, object_key, size, checksum, received_at, status, published_at, source, type, line"
+_COLUMNS = "id, object_key, size, checksum, received_at, status, published_at, source, type, line, fingerprint"
 
 
 def _row(r: tuple) -> EventMetadata:
@@ -54,6 +57,7 @@ def _row(r: tuple) -> EventMetadata:
         source=r[7],
         type=r[8],
         line=r[9],
+        fingerprint=r[10],
     )
 
 
@@ -68,8 +72,9 @@ class SqliteMetadataRepo:
             for column, statement in _UPGRADES.items():
                 if column not in columns:
                     conn.execute(statement)
-            conn.execute(_INDEX)
-            conn.execute("PRAGMA user_version = 3")
+            for index in _INDEXES:
+                conn.execute(index)
+            conn.execute("PRAGMA user_version = 4")
 
     def close(self) -> None:
         self._db.close()
@@ -88,10 +93,10 @@ class SqliteMetadataRepo:
                     new[item.id] = item
             recorded_at = to_text(datetime.now(UTC))
             conn.executemany(
-                f"INSERT INTO event_metadata ({_COLUMNS}, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO event_metadata ({_COLUMNS}, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     (m.id, m.object_key, m.size, m.checksum, to_text(m.received_at), m.status.value,
-                     to_text(m.published_at), m.source, m.type, m.line, recorded_at)
+                     to_text(m.published_at), m.source, m.type, m.line, m.fingerprint, recorded_at)
                     for m in new.values()
                 ],
             )
@@ -152,6 +157,14 @@ class SqliteMetadataRepo:
             until = to_text(now + timedelta(seconds=lease_seconds))
             conn.executemany("UPDATE event_metadata SET lease_until = ? WHERE id = ?", [(until, r[0]) for r in rows])
         return sorted((_row(r) for r in rows), key=lambda m: (m.received_at, m.id))
+
+    def received_between(self, start: datetime, end: datetime) -> Iterator[EventMetadata]:
+        rows = self._db.query(
+            f"SELECT {_COLUMNS} FROM event_metadata WHERE received_at >= ? AND received_at < ? "
+            "ORDER BY object_key, coalesce(line, -1)",
+            (to_text(start), to_text(end)),
+        )
+        return (_row(r) for r in rows)
 
     def count(self, status: EventStatus | None = None) -> int:
         if status is None:

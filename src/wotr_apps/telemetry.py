@@ -233,6 +233,13 @@ class _RelayMetrics:
 
     def __init__(self, meter: Any) -> None:
         self._published = meter.create_counter("wotr.messages.published", unit="{message}", description="Messages published")
+        self._faults = meter.create_counter(
+            "wotr.archive.faults", unit="{event}",
+            description="Recorded events whose archived bytes are missing or fail their checksum, by kind",
+        )
 
     def relayed(self, events: int) -> None:
         self._published.add(events, {"path": "relay"})
+
+    def fault(self, kind: str) -> None:
+        self._faults.add(1, {"kind": kind, "reader": "relay"})

@@ -1,15 +1,40 @@
-"""JSON encoding and decoding of domain models; decoders built once and reused."""
+"""JSON encoding and decoding of domain models; decoders built once and reused.
+
+Every decoder refuses JSON that nests deeper than `MAX_DEPTH` levels (counting the
+payload object) with `InvalidEvent`, before msgspec sees it: msgspec decodes nested
+containers recursively, and near Python's recursion limit it raises `RecursionError`
+(an HTTP 500, a consumer crash) at a depth that depends on how deep the caller's stack
+already is. The check costs two `bytes.count` calls for ordinary bodies; only a body with
+more than `MAX_DEPTH` brackets is measured, iteratively and at C speed.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import re
 
 import msgspec
 
 from .errors import InvalidEvent, MalformedJson
 from .models import Event, IngestRequest
 
-__all__ = ["decode_event", "decode_request", "decode_requests", "encode", "sha256_hex"]
+__all__ = [
+    "MAX_DEPTH",
+    "decode_event",
+    "decode_request",
+    "decode_requests",
+    "encode",
+    "nesting_exceeds",
+    "sha256_hex",
+]
+
+# How deep a payload may nest: the payload object itself is level 1, so
+# `{"payload": {"a": {"b": [1]}}}` has depth 3. Real events nest a handful of levels; 64
+# leaves room for any of them while keeping every recursive step downstream (msgspec
+# decode and encode, the consumer, the ETL, ClickHouse's JSON functions) hundreds of
+# frames away from a recursion limit, whatever thread or stack it runs on.
+MAX_DEPTH = 64
+_ENVELOPE_DEPTH = MAX_DEPTH + 1  # the request or event object around the payload
 
 _encoder = msgspec.json.Encoder()
 _request_decoder = msgspec.json.Decoder(IngestRequest)
@@ -18,9 +43,54 @@ _event_decoder = msgspec.json.Decoder(Event)
 
 encode = _encoder.encode
 
+# A JSON string (escapes included): its brackets are text, not structure.
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+# Keep only brackets, both kinds mapped to one pair: depth is a matter of parentheses.
+_NOT_BRACKETS = bytes(c for c in range(256) if c not in b"{}[]")
+_TO_PARENS = bytes.maketrans(b"{[}]", b"(())")
+# Tokens of the iterative array splitter: a string, a lone quote (an unterminated
+# string), a run of opening brackets, a run of closing brackets, a comma.
+_TOKEN = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|"|[\[{]+|[\]}]+|,', re.DOTALL)
+_WHITESPACE = b" \t\r\n"
+
 
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def nesting_exceeds(data: bytes, limit: int) -> bool:
+    """Whether the JSON text `data` nests arrays and objects deeper than `limit` levels.
+
+    Exact for well-formed JSON; for malformed JSON an upper bound of the depth a parser
+    reaches before the error (so `False` always means a parser stays within `limit`).
+    Never recursive: strings are cut out, the brackets kept, and each round of
+    `replace(b"()", b"")` removes one level, so at most `limit + 1` C-speed passes.
+    """
+    if data.count(b"{") + data.count(b"[") <= limit:  # the common case: no walk needed
+        return False
+    if b'"' in data:
+        data = _STRING.sub(b"", data)
+        quote = data.find(b'"')
+        if quote >= 0:  # an unterminated string: a parser goes no further than this
+            data = data[:quote]
+    brackets = data.translate(_TO_PARENS, _NOT_BRACKETS)
+    if brackets.count(b"(") <= limit:
+        return False
+    for removed in range(limit + 1):
+        if b"()" not in brackets:
+            # Unbalanced rest, ")))(((": no prefix opens more than `removed` levels of
+            # the removed (balanced) parts plus the unclosed "(" that remain.
+            return removed + brackets.count(b"(") > limit
+        brackets = brackets.replace(b"()", b"")  # every innermost pair: one level less
+    return True  # a balanced part `limit + 1` levels deep
+
+
+def _too_deep(what: str) -> InvalidEvent:
+    return InvalidEvent(f"{what} nests deeper than the limit of {MAX_DEPTH} levels (the payload object is level 1)", field="payload")
+
+
+def _bytes(data: bytes | msgspec.Raw) -> bytes:
+    return data if type(data) is bytes else bytes(data)  # noqa: E721 - exact type: the fast path
 
 
 def _field_of(error: msgspec.ValidationError) -> str | None:
@@ -42,28 +112,90 @@ def _field_of(error: msgspec.ValidationError) -> str | None:
 
 
 def decode_request(data: bytes | msgspec.Raw) -> IngestRequest:
-    """Decode one ingest request; malformed JSON and schema mismatches become `InvalidEvent`."""
+    """Decode one ingest request; malformed JSON, schema mismatches and nesting deeper
+    than `MAX_DEPTH` become `InvalidEvent`."""
+    data = _bytes(data)
+    if nesting_exceeds(data, _ENVELOPE_DEPTH):
+        raise _too_deep("the event")
     try:
         return _request_decoder.decode(data)
     except msgspec.ValidationError as e:
         raise InvalidEvent(str(e), field=_field_of(e)) from e
     except msgspec.DecodeError as e:
         raise MalformedJson(str(e)) from e
+    except RecursionError:  # unreachable within the limit; never let it escape as a 500
+        raise _too_deep("the event") from None
 
 
-def decode_requests(data: bytes) -> list[msgspec.Raw]:
-    """Split a JSON array body into raw items, decoded one by one later."""
+def decode_requests(data: bytes) -> list[msgspec.Raw | bytes]:
+    """Split a JSON array body into raw items, decoded one by one later (where a too deep
+    item is refused alone).
+
+    msgspec splits it (its skipping of an item recurses; at its recursion guard the
+    array is split again by an iterative scanner, so one absurdly deep item cannot fail
+    the whole batch).
+    """
     try:
         return _requests_decoder.decode(data)
     except msgspec.ValidationError as e:
         raise InvalidEvent("batch body must be a JSON array of events or NDJSON", field=None) from e
     except msgspec.DecodeError as e:
         raise MalformedJson(str(e)) from e
+    except RecursionError:
+        pass
+    return _split_array(bytes(data))
+
+
+def _split_array(data: bytes) -> list[msgspec.Raw | bytes]:
+    """The items of the JSON array `data`, found iteratively (brackets are only counted)."""
+    start = len(data) - len(data.lstrip(_WHITESPACE))
+    if data[start : start + 1] != b"[":
+        raise InvalidEvent("batch body must be a JSON array of events or NDJSON", field=None)
+    items: list[msgspec.Raw | bytes] = []
+    depth = 0
+    item_start = start + 1
+    for m in _TOKEN.finditer(data, start):
+        first = data[m.start()]
+        if first == 0x22:  # '"'
+            if m.end() - m.start() == 1:
+                raise MalformedJson("JSON is malformed: unterminated string")
+        elif first == 0x2C:  # ','
+            if depth == 1:
+                items.append(_item(data, item_start, m.start()))
+                item_start = m.end()
+        elif first in (0x5B, 0x7B):  # '[' '{'
+            depth += m.end() - m.start()
+        else:  # a run of ']' '}'
+            run = m.end() - m.start()
+            if run < depth:
+                depth -= run
+                continue
+            close = m.start() + depth - 1  # the bracket that closes the array
+            if run > depth or data[close] != 0x5D or data[close + 1 :].strip(_WHITESPACE):
+                raise MalformedJson("JSON is malformed: unbalanced brackets or trailing characters")
+            last = data[item_start:close].strip(_WHITESPACE)
+            if last or items:
+                items.append(_item(data, item_start, close))
+            return items
+    raise MalformedJson("JSON is malformed: input data was truncated")
+
+
+def _item(data: bytes, start: int, end: int) -> bytes:
+    item = data[start:end].strip(_WHITESPACE)
+    if not item:
+        raise MalformedJson("JSON is malformed: an empty array item")
+    return item
 
 
 def decode_event(data: bytes) -> Event:
-    """Decode an archived or published event; `InvalidEvent` when it is not one."""
+    """Decode an archived or published event; `InvalidEvent` when it is not one (nesting
+    deeper than `MAX_DEPTH` included)."""
+    data = _bytes(data)
+    if nesting_exceeds(data, _ENVELOPE_DEPTH):
+        raise _too_deep("the event")
     try:
         return _event_decoder.decode(data)
     except (msgspec.ValidationError, msgspec.DecodeError) as e:
         raise InvalidEvent(str(e)) from e
+    except RecursionError:
+        raise _too_deep("the event") from None

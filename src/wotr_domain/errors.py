@@ -23,12 +23,16 @@ __all__ = [
 class WotrError(Exception):
     """Root of every error wotr raises on purpose."""
 
+    code = "error"
+
 
 class InvalidEvent(WotrError):
     """The client sent something that is not an acceptable event.
 
     `field` names the offending field (dotted path) when one can be named.
     """
+
+    code = "invalid_event"
 
     def __init__(self, message: str, *, field: str | None = None) -> None:
         super().__init__(message)
@@ -39,13 +43,19 @@ class InvalidEvent(WotrError):
 class InvalidId(InvalidEvent):
     """The client-supplied event id is not acceptable."""
 
+    code = "invalid_id"
+
 
 class MalformedJson(InvalidEvent):
     """The body is not JSON at all, as opposed to JSON of the wrong shape."""
 
+    code = "malformed_json"
+
 
 class PayloadTooLarge(WotrError):
     """A request or event exceeds the configured size limit."""
+
+    code = "payload_too_large"
 
     def __init__(self, size: int, limit: int, unit: str = "bytes") -> None:
         super().__init__(f"{size} {unit} exceed the limit of {limit} {unit}")
@@ -56,18 +66,26 @@ class PayloadTooLarge(WotrError):
 class NotFound(WotrError):
     """The object, event or row asked for does not exist."""
 
+    code = "not_found"
+
 
 class Conflict(WotrError):
     """The request clashes with what is already stored (e.g. an id reused for other content)."""
+
+    code = "conflict"
 
 
 class Unavailable(WotrError):
     """A dependency could not be reached or refused the operation; retrying later may work."""
 
-    def __init__(self, dependency: str, detail: str = "") -> None:
+    code = "unavailable"
+
+    def __init__(self, dependency: str, detail: str = "", *, uncertain: bool = False) -> None:
         super().__init__(f"{dependency} is unavailable" + (f": {detail}" if detail else ""))
         self.dependency = dependency
         self.detail = detail
+        # True when the failure came while committing: the write may have been applied.
+        self.uncertain = uncertain
 
 
 class Refused(WotrError):
@@ -78,6 +96,8 @@ class Refused(WotrError):
     offending items instead of retrying them.
     """
 
+    code = "refused"
+
     def __init__(self, dependency: str, detail: str = "") -> None:
         super().__init__(f"{dependency} refused the data" + (f": {detail}" if detail else ""))
         self.dependency = dependency
@@ -86,6 +106,8 @@ class Refused(WotrError):
 
 class ConfigError(WotrError):
     """Configuration is missing or invalid; names the variable so the operator can fix it."""
+
+    code = "config_error"
 
     def __init__(self, variable: str, problem: str) -> None:
         super().__init__(f"{variable} {problem}")

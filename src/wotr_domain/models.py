@@ -68,6 +68,7 @@ class EventMetadata(msgspec.Struct, frozen=True, kw_only=True):
     source: str | None = None
     type: str | None = None
     line: int | None = None  # the event's line in an NDJSON batch object; None: the object is the event
+    fingerprint: str | None = None  # SHA-256 of what the client sent (`wotr_domain.archive.fingerprint`)
 
 
 class Recorded(msgspec.Struct, frozen=True, kw_only=True):
@@ -124,6 +125,7 @@ class BatchItemResult(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=T
     status: str | None = None
     duplicate: bool = False
     error: str | None = None
+    code: str | None = None  # with `error`: invalid_event, invalid_id, payload_too_large, conflict, refused
     field: str | None = None
 
 

@@ -83,7 +83,10 @@ class MetadataRepo(Lifecycle, Protocol):
     """Event metadata and status; doubles as the outbox for events not yet published."""
 
     def record(self, items: Sequence[EventMetadata]) -> list[Recorded]:
-        """Insert each row if its id is absent; return the stored row and whether it is new."""
+        """Insert each row if its id is absent; return the stored row and whether it is new.
+
+        `Refused` when the repository will never accept a row (nothing is written).
+        """
 
     def get(self, event_id: str) -> EventMetadata:
         """The row of `event_id`; `NotFound` when there is none."""
@@ -103,6 +106,13 @@ class MetadataRepo(Lifecycle, Protocol):
 
         A leased row is not handed to another caller until the lease expires, so several
         relays can run at once without publishing the same rows in parallel.
+        """
+
+    def received_between(self, start: datetime, end: datetime) -> Iterator[EventMetadata]:
+        """Rows of the events received in [start, end), by object key and line.
+
+        What readers of the archive (ETL, replay) use to tell events from orphan objects
+        and to verify each event's bytes against its checksum.
         """
 
     def count(self, status: EventStatus | None = None) -> int:

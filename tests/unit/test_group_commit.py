@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 
 import pytest
@@ -49,7 +50,9 @@ def test_requests_that_arrive_during_a_flush_go_out_together(ingest, store, repo
     assert gated.sizes == [1, 20]
     assert [r.id for r in receipts] == ["first"] + [f"r-{i}" for i in range(20)]
     assert all(r.status is EventStatus.PUBLISHED for r in receipts)
-    assert receipts[0].object_key.endswith("/first.json") and receipts[0].line is None
+    # A client id's object carries a fresh attempt suffix: racing retries never share a key.
+    assert re.fullmatch(r"raw/dt=[\d-]+/first\.[0-9a-f-]{36}\.json", receipts[0].object_key)
+    assert receipts[0].line is None
     assert {r.object_key for r in receipts[1:]} == {receipts[1].object_key} and receipts[1].object_key.endswith(".ndjson")
     assert sorted(r.line for r in receipts[1:]) == list(range(20))
     assert len(list(store.list("raw/"))) == 2 and repo.count() == 21

@@ -95,16 +95,18 @@ def test_a_batch_accepts_the_valid_items_and_reports_each_invalid_one(ingest, st
         IngestRequest(payload={"n": 0}),
         InvalidEvent("Expected `object`, got `int` - at `$.payload`", field="payload"),
         IngestRequest(id="dup", payload={"n": 2}),
-        IngestRequest(id="dup", payload={"n": 3}),
+        IngestRequest(id="dup", payload={"n": 2}),
         IngestRequest(id="bad id", payload={}),
+        IngestRequest(id="dup", payload={"n": 3}),
     ]
     results = ingest.ingest_batch(items)
-    assert [r.index for r in results] == [0, 1, 2, 3, 4]
+    assert [r.index for r in results] == [0, 1, 2, 3, 4, 5]
     assert results[0].status == "published" and results[0].error is None
-    assert results[1].error and results[1].field == "payload"
+    assert results[1].error and results[1].field == "payload" and results[1].code == "invalid_event"
     assert results[2].id == "dup" and not results[2].duplicate
     assert results[3].id == "dup" and results[3].duplicate
-    assert results[4].field == "id"
+    assert results[4].field == "id" and results[4].code == "invalid_id"
+    assert results[5].code == "conflict" and "'dup'" in results[5].error
     assert repo.count() == 2
     (key,) = store.list("raw/")  # one NDJSON object for the batch
     assert key.startswith("raw/dt=2026-05-17/batch-") and key.endswith(".ndjson")

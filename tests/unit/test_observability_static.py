@@ -84,6 +84,8 @@ def exported() -> set[str]:
         client.post("/ingest", json={"payload": 1})
         bus.outage = True
         client.post("/ingest", json={"id": "late", "payload": {}})
+        client.post("/ingest", json={"id": "lost", "payload": {}})  # its object goes missing: a fault
+        container.object_store().delete(container.metadata_repo().get("lost").object_key)
         bus.outage = False
         bus.publish([BusMessage(key="p", value=b"poison")])
         loader = container.analytics_loader()

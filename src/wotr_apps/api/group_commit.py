@@ -45,19 +45,30 @@ class GroupCommit:
         self._collector = asyncio.create_task(self._collect(), name="wotr-group-commit")
 
     async def stop(self) -> None:
-        """Finish the flushes in progress; refuse what is still queued."""
+        """Finish the flushes in progress; refuse what is still queued or collected.
+
+        Every request gets an answer: its receipt when its flush ran, else 503 (nothing
+        of it was written, so the client's retry is safe).
+        """
         if self._collector is not None:
             self._collector.cancel()
+            await asyncio.gather(self._collector, return_exceptions=True)
         if self._running:
             await asyncio.gather(*self._running, return_exceptions=True)
+        self._refuse([])
+        self._queue = None
+
+    def _refuse(self, batch: list[tuple[IngestRequest, asyncio.Future[Any]]]) -> None:
+        """Answer 503 to `batch` and to everything still queued."""
         while self._queue is not None and not self._queue.empty():
-            _, future = self._queue.get_nowait()
+            batch.append(self._queue.get_nowait())
+        for _, future in batch:
             if not future.done():
                 future.set_result(Unavailable("api", "shutting down"))
 
     async def submit(self, request: IngestRequest) -> Receipt:
         if self._queue is None:
-            raise Unavailable("api", "not started")
+            raise Unavailable("api", "not started or shutting down")
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         await self._queue.put((request, future))
         answer = await future
@@ -69,7 +80,11 @@ class GroupCommit:
         assert self._queue is not None and self._slots is not None
         while True:
             batch = [await self._queue.get()]
-            await self._slots.acquire()  # while every slot is busy, the queue fills up
+            try:
+                await self._slots.acquire()  # while every slot is busy, the queue fills up
+            except asyncio.CancelledError:  # stopping: what was taken is answered, not dropped
+                self._refuse(batch)
+                raise
             while len(batch) < self._max_events and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             task = asyncio.create_task(self._flush(batch))

@@ -18,7 +18,7 @@ from pathlib import Path
 from wotr_domain.codec import encode
 from wotr_domain.ids import new_event_id
 from wotr_domain.models import Event
-from wotr_domain.services.ingest import object_key_for
+from wotr_domain.archive import object_key_for
 
 __all__ = ["generate", "main"]
 

@@ -1,6 +1,7 @@
 """Application services: ingest, analytics loading and the outbox relay."""
 
-from .ingest import IngestService, object_key_for
+from ..archive import object_key_for
+from .ingest import IngestService
 from .loader import AnalyticsLoader, LoadOutcome, decode_batch
 from .observer import IngestObserver, LoaderObserver, NullObserver, RelayObserver
 from .relay import OutboxRelay

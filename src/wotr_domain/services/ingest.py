@@ -3,8 +3,12 @@
 Steps 1-2 (object, metadata) are the durability point: once both succeed the event is
 accepted. Publishing is best-effort in the request path; an event whose publish failed
 stays `stored` and the outbox relay publishes it later, so nothing accepted is lost.
-A failure before the durability point removes what was written, so a refused event
-never surfaces later.
+
+Concurrent attempts for one client id never share an object key (`wotr_domain.archive`):
+the attempt whose metadata row is recorded first is the event, the others remove their
+own objects and are answered as duplicates (same content) or conflicts (other content).
+An item that a store permanently refuses is answered alone; the other items of its
+batch or flush are accepted without it.
 """
 
 from __future__ import annotations
@@ -15,8 +19,9 @@ from datetime import UTC, datetime, timedelta
 
 import msgspec
 
+from ..archive import batch_key_for, fingerprint, object_key_for
 from ..codec import encode, sha256_hex
-from ..errors import InvalidEvent, NotFound, PayloadTooLarge, Unavailable, WotrError
+from ..errors import Conflict, InvalidEvent, PayloadTooLarge, Refused, Unavailable, WotrError
 from ..ids import new_event_id, validate_event_id
 from ..models import (
     BatchItemResult,
@@ -30,25 +35,39 @@ from ..models import (
 from ..ports import EventBus, MetadataRepo, ObjectStore
 from .observer import IngestObserver, NullObserver
 
-__all__ = ["IngestService", "object_key_for", "bus_message_for"]
+__all__ = ["IngestService", "bus_message_for", "validate_text_field", "validate_timestamp"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_EVENT_BYTES = 1024 * 1024
+MAX_TEXT_FIELD_CHARS = 256
+# Event times every store can hold (the analytics engine's DateTime64 range).
+EARLIEST_TIMESTAMP = datetime(1900, 1, 1, tzinfo=UTC)
+LATEST_TIMESTAMP = datetime(2299, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
+_CONTROL = {c: None for c in range(0x20)} | {0x7F: None}
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def object_key_for(event_id: str, received_at: datetime) -> str:
-    """Raw archive layout: `raw/dt=YYYY-MM-DD/<id>.json`, dated by reception (UTC)."""
-    return f"raw/dt={received_at.astimezone(UTC):%Y-%m-%d}/{event_id}.json"
+def validate_text_field(name: str, value: str | None) -> None:
+    """`source` and `type` are short single-line text: every store can hold them."""
+    if value is None:
+        return
+    if len(value) > MAX_TEXT_FIELD_CHARS:
+        raise InvalidEvent(f"{name} is longer than {MAX_TEXT_FIELD_CHARS} characters", field=name)
+    if value.translate(_CONTROL) != value:
+        raise InvalidEvent(f"{name} must not contain control characters (U+0000-U+001F, U+007F)", field=name)
 
 
-def batch_key_for(received_at: datetime) -> str:
-    """A batch's NDJSON object: `raw/dt=YYYY-MM-DD/batch-<uuid7>.ndjson`, one event per line."""
-    return f"raw/dt={received_at.astimezone(UTC):%Y-%m-%d}/batch-{new_event_id()}.ndjson"
+def validate_timestamp(value: datetime | None) -> None:
+    """The event time must be one every store can represent (1900-01-01 to 2299-12-31 UTC)."""
+    if value is None:
+        return
+    aware = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+    if not EARLIEST_TIMESTAMP <= aware <= LATEST_TIMESTAMP:
+        raise InvalidEvent("timestamp must be between 1900-01-01 and 2299-12-31 (UTC)", field="timestamp")
 
 
 def bus_message_for(event_id: str, body: bytes, object_key: str, line: int | None = None) -> BusMessage:
@@ -59,14 +78,39 @@ def bus_message_for(event_id: str, body: bytes, object_key: str, line: int | Non
     return BusMessage(key=event_id, value=body, headers=headers)
 
 
-def line_of(obj: bytes, line: int | None) -> bytes:
-    """The event's bytes in a raw object: the whole object, or one line of a batch object."""
-    if line is None:
-        return obj
-    lines = obj.split(b"\n")
-    if not 0 <= line < len(lines) or not lines[line]:
-        raise NotFound(f"line {line} is not in the object")
-    return lines[line]
+class _Prepared(msgspec.Struct, frozen=True):
+    """A validated event, its archived bytes and the fingerprint of its content."""
+
+    event: Event
+    body: bytes
+    fingerprint: str
+    client_id: bool
+
+
+class _Placed(msgspec.Struct, frozen=True):
+    """A prepared event and where its bytes are archived."""
+
+    item: _Prepared
+    key: str
+    line: int | None
+
+    @property
+    def id(self) -> str:
+        return self.item.event.id
+
+    def metadata(self) -> EventMetadata:
+        e = self.item.event
+        return EventMetadata(
+            id=e.id, object_key=self.key, line=self.line, size=len(self.item.body),
+            checksum=sha256_hex(self.item.body), received_at=e.received_at, source=e.source, type=e.type,
+            fingerprint=self.item.fingerprint,
+        )
+
+    def receipt(self, status: EventStatus = EventStatus.STORED) -> Receipt:
+        return Receipt(id=self.id, object_key=self.key, status=status, line=self.line)
+
+
+Answer = Receipt | WotrError
 
 
 class IngestService:
@@ -97,22 +141,26 @@ class IngestService:
         self._observer.rejected(events)
 
     def ingest(self, request: IngestRequest) -> Receipt:
-        """Accept one event; raises `InvalidEvent`, `PayloadTooLarge` or `Unavailable`."""
+        """Accept one event; raises `InvalidEvent`, `PayloadTooLarge`, `Conflict`, `Refused` or `Unavailable`."""
         try:
             prepared = self._prepare(request, self._clock())
         except WotrError:
             self._observer.rejected(1)
             raise
-        return self._accept([prepared])[0]
+        (answer,) = self._accept([prepared])
+        if isinstance(answer, WotrError):
+            raise answer
+        return answer
 
-    def ingest_many(self, items: Sequence[IngestRequest | WotrError]) -> list[Receipt | WotrError]:
+    def ingest_many(self, items: Sequence[IngestRequest | WotrError]) -> list[Answer]:
         """Accept every valid item in one pass (one object, one metadata write, one publish).
 
-        Each item is answered by its receipt or by the error that refused it; an item that
-        is already an error stays one. `Unavailable` aborts the whole call: nothing of it
+        Each item is answered by its receipt or by the error that refused it alone
+        (`InvalidEvent`, `PayloadTooLarge`, `Conflict`, `Refused`); an item that is
+        already an error stays one. `Unavailable` aborts the whole call: nothing of it
         is accepted.
         """
-        answers: dict[int, Receipt | WotrError] = {}
+        answers: dict[int, Answer] = {}
         prepared: list[tuple[int, _Prepared]] = []
         received_at = self._clock()  # one reception time: the batch is one object, on one date
         for index, item in enumerate(items):
@@ -124,9 +172,9 @@ class IngestService:
                 answers[index] = e
         if answers:
             self._observer.rejected(len(answers))
-        receipts = self._accept([p for _, p in prepared]) if prepared else []
-        for (index, _), receipt in zip(prepared, receipts, strict=True):
-            answers[index] = receipt
+        accepted = self._accept([p for _, p in prepared]) if prepared else []
+        for (index, _), answer in zip(prepared, accepted, strict=True):
+            answers[index] = answer
         return [answers[i] for i in range(len(items))]
 
     def ingest_batch(self, items: Sequence[IngestRequest | InvalidEvent]) -> list[BatchItemResult]:
@@ -137,6 +185,9 @@ class IngestService:
 
     def _prepare(self, request: IngestRequest, received_at: datetime) -> _Prepared:
         event_id = new_event_id() if request.id is None else validate_event_id(request.id)
+        validate_text_field("source", request.source)
+        validate_text_field("type", request.type)
+        validate_timestamp(request.timestamp)
         event = Event(
             id=event_id,
             received_at=received_at,
@@ -148,147 +199,183 @@ class IngestService:
         body = encode(event)
         if len(body) > self._max_event_bytes:
             raise PayloadTooLarge(len(body), self._max_event_bytes)
-        return _Prepared(event, body, client_id=request.id is not None)
+        content = fingerprint(event_id, request.payload, request.source, request.type, request.timestamp)
+        return _Prepared(event, body, content, client_id=request.id is not None)
 
-    def _accept(self, batch: list[_Prepared]) -> list[Receipt]:
-        receipts: dict[str, Receipt] = {}
+    def _accept(self, batch: list[_Prepared]) -> list[Answer]:
+        """Answers in input order: the first item of each id decides, repeats follow it."""
         # Only a client's id can already exist: a fresh UUIDv7 needs no lookup (one round trip less).
         client_ids = [p.event.id for p in batch if p.client_id]
         existing = self._repo.find(client_ids) if client_ids else {}
+        first: dict[str, _Prepared] = {}
         fresh: list[_Prepared] = []
-        seen: set[str] = set()
+        answers: dict[str, Answer] = {}
         for p in batch:
+            if p.event.id in first:
+                continue
+            first[p.event.id] = p
             if p.event.id in existing:
-                receipts[p.event.id] = _duplicate(existing[p.event.id])
-            elif p.event.id not in seen:
-                seen.add(p.event.id)
+                answers[p.event.id] = _against(existing[p.event.id], p)
+            else:
                 fresh.append(p)
         if fresh:
-            receipts.update(self._store_and_record(fresh))
-            self._publish([p for p in fresh if not receipts[p.event.id].duplicate])
-            for p in fresh:
-                r = receipts[p.event.id]
-                if not r.duplicate and p.published:
-                    receipts[p.event.id] = msgspec.structs.replace(r, status=EventStatus.PUBLISHED)
-        out: list[Receipt] = []
-        answered: set[str] = set()
+            answers.update(self._store_and_record(fresh))
+            new = [p for p in fresh if _is_new(answers[p.event.id])]
+            published = self._publish([(p, answers[p.event.id]) for p in new])
+            for p in new:
+                if p.event.id in published:
+                    answers[p.event.id] = msgspec.structs.replace(answers[p.event.id], status=EventStatus.PUBLISHED)
+        out: list[Answer] = []
         for p in batch:
-            r = receipts[p.event.id]
-            if not r.duplicate and p.event.id in answered:  # the same id twice in one batch
-                r = msgspec.structs.replace(r, duplicate=True)
-            answered.add(p.event.id)
-            out.append(r)
-        self._observer.accepted(
-            sum(1 for r in out if not r.duplicate),
-            sum(len(p.body) for p in fresh),
-        )
-        self._observer.duplicates(sum(1 for r in out if r.duplicate))
+            answer = answers[p.event.id]
+            if p is not first[p.event.id]:  # the same id again in one call: it follows the first
+                answer = _repeat(answer, first[p.event.id], p)
+            out.append(answer)
+        self._count(out, sum(len(p.body) for p in fresh if _is_new(answers[p.event.id])))
         return out
 
-    def _archive(self, fresh: list[_Prepared]) -> str:
-        """Write the raw bytes: one object for one event, one NDJSON object for several."""
+    def _count(self, answers: list[Answer], new_bytes: int) -> None:
+        new = sum(1 for a in answers if isinstance(a, Receipt) and not a.duplicate)
+        duplicates = sum(1 for a in answers if isinstance(a, Receipt) and a.duplicate)
+        refused = sum(1 for a in answers if isinstance(a, WotrError))
+        self._observer.accepted(new, new_bytes)
+        self._observer.duplicates(duplicates)
+        if refused:
+            self._observer.rejected(refused)
+
+    def _place(self, fresh: list[_Prepared]) -> tuple[list[_Placed], bytes, str]:
+        """Where each event goes: its own object for one event, one NDJSON object for several."""
         if len(fresh) == 1:
             p = fresh[0]
-            p.key = object_key_for(p.event.id, p.event.received_at)
-            return self._store.put(p.key, p.body, "application/json").key
+            key = object_key_for(p.event.id, p.event.received_at, client_id=p.client_id)
+            return [_Placed(p, key, None)], p.body, "application/json"
         key = batch_key_for(fresh[0].event.received_at)
-        for line, p in enumerate(fresh):
-            p.key, p.line = key, line
-        self._store.put(key, b"\n".join(p.body for p in fresh) + b"\n", "application/x-ndjson")
-        return key
+        placed = [_Placed(p, key, line) for line, p in enumerate(fresh)]
+        return placed, b"\n".join(p.body for p in fresh) + b"\n", "application/x-ndjson"
 
-    def _store_and_record(self, fresh: list[_Prepared]) -> dict[str, Receipt]:
-        written: list[str] = []
+    def _store_and_record(self, fresh: list[_Prepared]) -> dict[str, Answer]:
+        placed, data, content_type = self._place(fresh)
+        key = placed[0].key
         try:
-            written.append(self._archive(fresh))
-            metas = [
-                EventMetadata(
-                    id=p.event.id,
-                    object_key=p.key,
-                    line=p.line,
-                    size=len(p.body),
-                    checksum=sha256_hex(p.body),
-                    received_at=p.event.received_at,
-                    source=p.event.source,
-                    type=p.event.type,
-                )
-                for p in fresh
-            ]
-            recorded = self._repo.record(metas)
+            self._store.put(key, data, content_type)
         except Unavailable:
             self._observer.failed(len(fresh))
-            self._discard(written)
             raise
-        receipts: dict[str, Receipt] = {}
-        for p, rec in zip(fresh, recorded, strict=True):
-            if rec.created:
-                receipts[p.event.id] = Receipt(id=p.event.id, object_key=p.key, status=EventStatus.STORED, line=p.line)
+        except Refused as e:
+            return self._one_by_one(fresh) if len(fresh) > 1 else {fresh[0].event.id: e}
+        try:
+            recorded = self._repo.record([p.metadata() for p in placed])
+        except Unavailable as e:
+            self._observer.failed(len(fresh))
+            if e.uncertain:  # the rows may have been committed: keep an accepted event's bytes
+                self._discard_unrecorded(key, [p.id for p in placed])
             else:
-                # Lost a race with a concurrent request for the same id: the first one wins.
-                # (A batch object keeps its line: the other lines are accepted events.)
-                if p.line is None and rec.metadata.object_key != p.key:
-                    self._discard([p.key])
-                receipts[p.event.id] = _duplicate(rec.metadata)
-        return receipts
+                self._discard(key)
+            raise
+        except Refused as e:
+            self._discard(key)  # a refused statement wrote nothing: the object is no event's
+            return self._one_by_one(fresh) if len(fresh) > 1 else {fresh[0].event.id: e}
+        answers: dict[str, Answer] = {}
+        for p, rec in zip(placed, recorded, strict=True):
+            # Not created: a concurrent request for the same id recorded first and is the event.
+            answers[p.id] = p.receipt() if rec.created else _against(rec.metadata, p.item)
+        if not any(rec.created for rec in recorded):
+            self._discard(key)  # our own attempt's key: no accepted event's bytes are in it
+        return answers
 
-    def _publish(self, accepted: list[_Prepared]) -> None:
+    def _one_by_one(self, fresh: list[_Prepared]) -> dict[str, Answer]:
+        """Isolate what a store refused: each item on its own object and its own record."""
+        log.warning("a store refused a write of %d events; retrying them one by one", len(fresh))
+        answers: dict[str, Answer] = {}
+        for p in fresh:
+            try:
+                answers.update(self._store_and_record([p]))
+            except Unavailable as e:
+                answers[p.event.id] = e
+        return answers
+
+    def _publish(self, accepted: list[tuple[_Prepared, Receipt]]) -> set[str]:
         """Publish now, or leave it to the relay while the bus is known to be down.
 
-        After a failed publish, requests skip the bus for `publish_pause` seconds, so an
-        outage costs one timeout, not one per request.
+        Returns the ids published. After a failed publish, requests skip the bus for
+        `publish_pause` seconds, so an outage costs one timeout, not one per request.
         """
         if not accepted:
-            return
+            return set()
         if self._publish_paused_until is not None and self._clock() < self._publish_paused_until:
             self._observer.publish_deferred(len(accepted))
-            return
+            return set()
         try:
-            self._bus.publish([bus_message_for(p.event.id, p.body, p.key, p.line) for p in accepted])
+            self._bus.publish([bus_message_for(r.id, p.body, r.object_key, r.line) for p, r in accepted])
         except Unavailable as e:
             log.warning("publish deferred to the outbox relay for %d event(s): %s", len(accepted), e)
             self._publish_paused_until = self._clock() + timedelta(seconds=self._publish_pause)
             self._observer.publish_deferred(len(accepted))
-            return
+            return set()
         self._publish_paused_until = None
         self._observer.published(len(accepted))
-        for p in accepted:
-            p.published = True
+        ids = [r.id for _, r in accepted]
         try:
-            self._repo.mark_published([p.event.id for p in accepted], self._clock())
+            self._repo.mark_published(ids, self._clock())
         except Unavailable as e:
             # Published but still `stored`: the relay publishes again and the sink dedupes.
             log.warning("could not mark %d event(s) published: %s", len(accepted), e)
+        return set(ids)
 
-    def _discard(self, keys: list[str]) -> None:
-        for key in keys:
-            try:
-                self._store.delete(key)
-            except WotrError as e:  # the store itself may be what failed
-                log.error("could not remove object %s of a refused event: %s", key, e)
+    def _discard(self, key: str) -> None:
+        try:
+            self._store.delete(key)
+        except WotrError as e:  # the store itself may be what failed
+            log.error("could not remove object %s of a refused write: %s", key, e)
+
+    def _discard_unrecorded(self, key: str, ids: list[str]) -> None:
+        """Remove an object whose metadata write failed, unless the write did commit.
+
+        A failure can be reported after the commit went through; the object is then an
+        accepted event's. Only when the repository confirms no row names it is it removed;
+        when it cannot tell, the object stays: an object no row names is not an event, and
+        every reader of the archive ignores it.
+        """
+        try:
+            named = any(m.object_key == key for m in self._repo.find(ids).values())
+        except WotrError as e:
+            log.warning("object %s left in the archive without metadata (not an event): %s", key, e)
+            return
+        if not named:
+            self._discard(key)
 
 
-class _Prepared:
-    __slots__ = ("event", "body", "client_id", "key", "line", "published")
-
-    def __init__(self, event: Event, body: bytes, *, client_id: bool) -> None:
-        self.event = event
-        self.body = body
-        self.client_id = client_id
-        self.key = ""  # set when archived: its own object, or the batch's
-        self.line: int | None = None
-        self.published = False
+def _is_new(answer: Answer) -> bool:
+    return isinstance(answer, Receipt) and not answer.duplicate
 
 
-def _result(index: int, answer: Receipt | WotrError) -> BatchItemResult:
+def _against(existing: EventMetadata, p: _Prepared) -> Answer:
+    """A second attempt for a recorded id: the first receipt when the content is the same."""
+    if existing.fingerprint is not None and existing.fingerprint != p.fingerprint:
+        return _conflict(existing.id)
+    return Receipt(
+        id=existing.id, object_key=existing.object_key, status=existing.status, duplicate=True, line=existing.line
+    )
+
+
+def _repeat(first_answer: Answer, first: _Prepared, p: _Prepared) -> Answer:
+    if p.fingerprint != first.fingerprint:
+        return _conflict(p.event.id)
+    if isinstance(first_answer, Receipt):
+        return msgspec.structs.replace(first_answer, duplicate=True)
+    return first_answer
+
+
+def _conflict(event_id: str) -> Conflict:
+    return Conflict(f"event id {event_id!r} was already accepted with different content")
+
+
+def _result(index: int, answer: Answer) -> BatchItemResult:
     if isinstance(answer, Receipt):
         return BatchItemResult(
             index=index, id=answer.id, object_key=answer.object_key, line=answer.line,
             status=answer.status.value, duplicate=answer.duplicate,
         )
     if isinstance(answer, InvalidEvent):
-        return BatchItemResult(index=index, error=answer.message, field=answer.field)
-    return BatchItemResult(index=index, error=str(answer))
-
-
-def _duplicate(meta: EventMetadata) -> Receipt:
-    return Receipt(id=meta.id, object_key=meta.object_key, status=meta.status, duplicate=True, line=meta.line)
+        return BatchItemResult(index=index, error=answer.message, code=answer.code, field=answer.field)
+    return BatchItemResult(index=index, error=str(answer), code=answer.code)

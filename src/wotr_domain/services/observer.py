@@ -24,6 +24,8 @@ class LoaderObserver(Protocol):
 
 class RelayObserver(Protocol):
     def relayed(self, events: int) -> None: ...
+    def fault(self, kind: str) -> None:
+        """An event's archived bytes are `missing` or fail their `checksum`; not published."""
 
 
 class NullObserver:

@@ -1,8 +1,13 @@
 """Outbox relay: publish the events whose metadata stayed `stored`, then mark them `published`.
 
-The raw object is the source of truth, so the relay republishes exactly the archived bytes.
-Rows are leased (`claim_pending`) so several relays can run at once; a relay that dies
-mid-batch lets its lease expire and another one picks the rows up.
+The raw object is the source of truth, so the relay republishes exactly the archived
+bytes, verified against the checksum in the metadata row. Rows are leased
+(`claim_pending`) so several relays can run at once; a relay that dies mid-batch lets
+its lease expire and another one picks the rows up.
+
+An event whose bytes are missing or do not match its checksum is a fault, never data:
+it is logged and counted (`RelayObserver.fault`), not published, and stays `stored`,
+so it is reported again each time its lease expires until an operator deals with it.
 """
 
 from __future__ import annotations
@@ -11,10 +16,11 @@ import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
+from ..archive import ChecksumMismatch, event_bytes, where
 from ..errors import NotFound
 from ..models import BusMessage
 from ..ports import EventBus, MetadataRepo, ObjectStore
-from .ingest import bus_message_for, line_of, utcnow
+from .ingest import bus_message_for, utcnow
 from .observer import NullObserver, RelayObserver
 
 __all__ = ["OutboxRelay"]
@@ -54,15 +60,25 @@ class OutboxRelay:
             return 0
         messages: list[BusMessage] = []
         ids: list[str] = []
-        objects: dict[str, bytes] = {}  # a batch object serves all its pending lines with one read
+        objects: dict[str, bytes | None] = {}  # a batch object serves all its pending lines with one read
         for meta in claimed:
-            try:
-                if meta.object_key not in objects:
+            if meta.object_key not in objects:
+                try:
                     objects[meta.object_key] = self._store.get(meta.object_key)
-                body = line_of(objects[meta.object_key], meta.line)
-            except NotFound:
-                where = meta.object_key if meta.line is None else f"{meta.object_key} line {meta.line}"
-                log.error("event %s is recorded but its raw bytes (%s) are missing; left stored", meta.id, where)
+                except NotFound:
+                    objects[meta.object_key] = None
+            obj = objects[meta.object_key]
+            try:
+                if obj is None:
+                    raise NotFound(f"object {meta.object_key} does not exist")
+                body = event_bytes(meta, obj)
+            except NotFound as e:
+                log.error("event %s is recorded but its raw bytes (%s) are missing; left stored: %s", meta.id, where(meta), e)
+                self._observer.fault("missing")
+                continue
+            except ChecksumMismatch as e:
+                log.error("event %s not published, its archived bytes are not the accepted ones; left stored: %s", meta.id, e)
+                self._observer.fault("checksum")
                 continue
             messages.append(bus_message_for(meta.id, body, meta.object_key, meta.line))
             ids.append(meta.id)
