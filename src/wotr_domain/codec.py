@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from itertools import accumulate
 
 import msgspec
 
@@ -45,9 +46,10 @@ encode = _encoder.encode
 
 # A JSON string (escapes included): its brackets are text, not structure.
 _STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
-# Keep only brackets, both kinds mapped to one pair: depth is a matter of parentheses.
+# Keep only brackets, as signed steps of the depth: an opening one +1, a closing one -1.
 _NOT_BRACKETS = bytes(c for c in range(256) if c not in b"{}[]")
-_TO_PARENS = bytes.maketrans(b"{[}]", b"(())")
+_TO_STEPS = bytes.maketrans(b"{[}]", b"\x01\x01\xff\xff")
+_CHUNK = 1 << 16  # the depth walk stops after the first chunk that goes too deep
 # Tokens of the iterative array splitter: a string, a lone quote (an unterminated
 # string), a run of opening brackets, a run of closing brackets, a comma.
 _TOKEN = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|"|[\[{]+|[\]}]+|,', re.DOTALL)
@@ -62,27 +64,32 @@ def nesting_exceeds(data: bytes, limit: int) -> bool:
     """Whether the JSON text `data` nests arrays and objects deeper than `limit` levels.
 
     Exact for well-formed JSON; for malformed JSON an upper bound of the depth a parser
-    reaches before the error (so `False` always means a parser stays within `limit`).
-    Never recursive: strings are cut out, the brackets kept, and each round of
-    `replace(b"()", b"")` removes one level, so at most `limit + 1` C-speed passes.
+    reaches before the error, so `False` always means a parser stays within `limit`.
+    Never recursive, and at C speed: strings are cut out, the brackets kept as +1/-1
+    bytes, and their running sum is taken chunk by chunk (stopping at the first chunk
+    that goes too deep).
     """
     if data.count(b"{") + data.count(b"[") <= limit:  # the common case: no walk needed
         return False
     if b'"' in data:
-        data = _STRING.sub(b"", data)
+        if b"\\" in data:  # escaped quotes: a string ends at the first unescaped one
+            data = _STRING.sub(b"", data)
+        else:  # no escapes: every other piece between quotes is a string
+            data = b"".join(data.split(b'"')[0::2])
         quote = data.find(b'"')
         if quote >= 0:  # an unterminated string: a parser goes no further than this
             data = data[:quote]
-    brackets = data.translate(_TO_PARENS, _NOT_BRACKETS)
-    if brackets.count(b"(") <= limit:
+    steps = data.translate(_TO_STEPS, _NOT_BRACKETS)  # b"\x01" opens, b"\xff" closes
+    if steps.count(b"\x01") <= limit:
         return False
-    for removed in range(limit + 1):
-        if b"()" not in brackets:
-            # Unbalanced rest, ")))(((": no prefix opens more than `removed` levels of
-            # the removed (balanced) parts plus the unclosed "(" that remain.
-            return removed + brackets.count(b"(") > limit
-        brackets = brackets.replace(b"()", b"")  # every innermost pair: one level less
-    return True  # a balanced part `limit + 1` levels deep
+    signed = memoryview(steps).cast("b")
+    depth = 0
+    for start in range(0, len(steps), _CHUNK):
+        end = start + _CHUNK
+        if max(accumulate(signed[start:end], initial=depth)) > limit:
+            return True
+        depth += steps.count(b"\x01", start, end) - steps.count(b"\xff", start, end)
+    return False
 
 
 def _too_deep(what: str) -> InvalidEvent:

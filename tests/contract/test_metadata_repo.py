@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from wotr_domain.errors import NotFound, Unavailable
+from wotr_domain.errors import NotFound, Refused, Unavailable
 from wotr_domain.models import EventMetadata, EventStatus
 
 T0 = datetime(2026, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
@@ -137,3 +137,40 @@ def test_the_line_of_a_batch_object_round_trips(metadata_repo):
     assert [metadata_repo.get(f"ln-{i}").line for i in range(3)] == [0, 1, 2]
     assert metadata_repo.get("whole").line is None
     assert metadata_repo.find(["ln-2"])["ln-2"] == rows[2]
+
+
+def test_the_content_fingerprint_round_trips_and_the_first_one_stays(metadata_repo):
+    (first,) = metadata_repo.record([meta("fp-1", fingerprint="f1" * 32)])
+    (second,) = metadata_repo.record([meta("fp-1", fingerprint="f2" * 32, object_key="raw/dt=2026-03-01/other.json")])
+    assert first.created and not second.created
+    assert second.metadata.fingerprint == "f1" * 32
+    assert metadata_repo.get("fp-1").fingerprint == "f1" * 32
+
+
+def test_received_between_lists_a_days_rows_by_object_and_line(metadata_repo):
+    day = datetime(2026, 3, 2, tzinfo=UTC)
+    batch = [meta(f"rb-{i}", day + timedelta(hours=1), object_key="raw/dt=2026-03-02/batch-b.ndjson", line=i)
+             for i in (2, 0, 1)]
+    metadata_repo.record(batch + [
+        meta("rb-a", day, object_key="raw/dt=2026-03-02/a.json"),
+        meta("rb-last", day + timedelta(hours=23, minutes=59, seconds=59, microseconds=999999)),
+        meta("rb-before", day - timedelta(microseconds=1)),
+        meta("rb-next", day + timedelta(days=1)),
+    ])
+    rows = list(metadata_repo.received_between(day, day + timedelta(days=1)))
+    assert [r.id for r in rows] == ["rb-a", "rb-0", "rb-1", "rb-2", "rb-last"]
+    assert rows[1] == batch[1]
+
+
+def test_text_a_store_cannot_hold_is_refused_and_writes_nothing(metadata_repo):
+    """A permanent refusal is `Refused`, never `Unavailable`: retrying cannot help.
+
+    PostgreSQL text cannot hold U+0000; the other repos accept it, and the ingest edge
+    rejects control characters before any store sees them (same rule on every profile).
+    """
+    try:
+        metadata_repo.record([meta("nul-1", source="we\x00b"), meta("nul-ok")])
+    except Refused:
+        assert metadata_repo.find(["nul-1", "nul-ok"]) == {}
+    else:
+        assert metadata_repo.get("nul-1").source == "we\x00b"
