@@ -3,17 +3,26 @@
 The same code serves a ClickHouse server over HTTP and the in-process engine through a
 `chdb://` DSN (the embedded profile). The table deduplicates by event id
 (ReplacingMergeTree), and reads use FINAL, so a batch written twice still counts once.
+
+Errors: only the driver's exceptions are translated (clickhouse-connect's, which wrap
+the in-process engine's, and chdb's own should one escape). Connection, network and
+timeout failures, and every server error that is not about the data, are `Unavailable`
+(retry later); the server or the engine rejecting the data itself (a value it cannot
+parse, convert or hold, a constraint, too many partitions in one INSERT), a string the
+driver cannot encode, and a datetime outside DateTime64's range are `Refused` for a
+write. Anything else (a programming error) propagates unchanged.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from wotr_domain.errors import ConfigError, Unavailable
+from wotr_domain.errors import ConfigError, Refused, Unavailable
 from wotr_domain.models import AnalyticsRow
 
 from .connections import ClickHouseConnection
@@ -23,6 +32,89 @@ __all__ = ["ClickHouseAnalyticsSink", "clickhouse_client"]
 TABLE = "ingested_data"
 _COLUMNS = ["id", "created_at", "event_time", "source", "type", "payload", "object_key"]
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+# DateTime64's documented range. The engine stores a value outside it as raw ticks without
+# complaint, but reading it back can fail (before year 1 in UTC, every read of the row
+# does), so the sink refuses it instead of letting one row break the table's reads.
+DATETIME64_MIN = datetime(1900, 1, 1, tzinfo=UTC)
+DATETIME64_MAX = datetime(2299, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
+
+# Server error codes that are a verdict on the data of an INSERT, not on the server.
+REFUSING_CODES = {
+    6: "CANNOT_PARSE_TEXT",
+    26: "CANNOT_PARSE_QUOTED_STRING",
+    27: "CANNOT_PARSE_INPUT_ASSERTION_FAILED",
+    38: "CANNOT_PARSE_DATE",
+    41: "CANNOT_PARSE_DATETIME",
+    53: "TYPE_MISMATCH",
+    69: "ARGUMENT_OUT_OF_BOUND",
+    70: "CANNOT_CONVERT_TYPE",
+    72: "CANNOT_PARSE_NUMBER",
+    117: "INCORRECT_DATA",
+    128: "TOO_LARGE_ARRAY_SIZE",
+    130: "CANNOT_READ_ARRAY_FROM_TEXT",
+    131: "TOO_LARGE_STRING_SIZE",
+    190: "SIZES_OF_ARRAYS_DONT_MATCH",
+    321: "VALUE_IS_OUT_OF_RANGE_OF_DATA_TYPE",
+    349: "CANNOT_INSERT_NULL_IN_ORDINARY_COLUMN",
+    395: "FUNCTION_THROW_IF_VALUE_IS_NON_ZERO",
+    407: "DECIMAL_OVERFLOW",
+    469: "VIOLATED_CONSTRAINT",
+}
+# TOO_MANY_PARTS is both "too many partitions for single INSERT block" (this batch will
+# never go in as one; smaller ones will) and "too many parts" (merges lag: retry later).
+_TOO_MANY_PARTS = 252
+_CODE = re.compile(r"\bCode:\s*(\d+)")
+
+
+@functools.cache
+def _driver_errors() -> tuple[type[BaseException], ...]:
+    """The exception types of the drivers: clickhouse-connect's root, and chdb's when installed."""
+    from clickhouse_connect.driver.exceptions import ClickHouseError
+
+    try:
+        from chdb import ChdbError
+    except ImportError:  # a server-only install: no engine, no engine errors
+        return (ClickHouseError,)
+    return (ClickHouseError, ChdbError)
+
+
+def _first_line(error: BaseException) -> str:
+    """The message without the engine's stack trace (chdb appends one to some errors)."""
+    text = str(error).strip()
+    return text.split("Stack trace", 1)[0].strip().rstrip(",").strip()[:500] or type(error).__name__
+
+
+def _code(error: BaseException) -> int | None:
+    code = getattr(error, "code", None)
+    if isinstance(code, int):
+        return code
+    match = _CODE.search(str(error))
+    return int(match.group(1)) if match else None
+
+
+def _refuses_data(error: BaseException) -> bool:
+    """Whether a driver error is the server or engine rejecting the inserted data itself."""
+    from clickhouse_connect.driver.exceptions import OperationalError, ProgrammingError
+
+    if isinstance(error, (OperationalError, ProgrammingError)):
+        return False  # transport, timeouts, retries exhausted; client-side misuse
+    code = _code(error)
+    if code == _TOO_MANY_PARTS:
+        return "partitions for single insert" in str(error).lower()
+    return code in REFUSING_CODES
+
+
+def _unstorable(row: AnalyticsRow) -> str | None:
+    """Why the table cannot hold `row` faithfully, or None."""
+    for name in ("created_at", "event_time"):
+        value = getattr(row, name)
+        if value is None:
+            continue
+        aware = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+        if not DATETIME64_MIN <= aware <= DATETIME64_MAX:
+            return f"{name} {value.isoformat()} is outside DateTime64's range (1900-01-01 to 2299-12-31 UTC)"
+    return None
 
 
 def clickhouse_client(conn: ClickHouseConnection) -> Any:
@@ -36,8 +128,8 @@ def clickhouse_client(conn: ClickHouseConnection) -> Any:
             host=conn.host, port=conn.port, username=conn.user, password=conn.password,
             autogenerate_session_id=False, connect_timeout=5, send_receive_timeout=60,
         )
-    except Exception as e:  # driver and engine raise a variety of types here
-        raise Unavailable("clickhouse", f"cannot connect: {e}") from e
+    except _driver_errors() as e:  # includes the engine failing to open its directory
+        raise Unavailable("clickhouse", f"cannot connect: {_first_line(e)}") from e
 
 
 def _ddl(database: str) -> list[str]:
@@ -78,11 +170,20 @@ class ClickHouseAnalyticsSink:
         self._lock = threading.Lock()  # the in-process engine runs one query at a time per client
 
     def _run(self, what: str, fn, *args, **kwargs):
+        """Call the driver; its errors become `Unavailable` (a write's data errors: `Refused`)."""
+        writing = what == "insert"
         with self._lock:
             try:
                 return fn(*args, **kwargs)
-            except Exception as e:  # clickhouse-connect and chdb errors alike
-                raise Unavailable("clickhouse", f"{what} failed: {e}") from e
+            except _driver_errors() as e:
+                if writing and _refuses_data(e):
+                    raise Refused("clickhouse", f"{what} rejected: {_first_line(e)}") from e
+                raise Unavailable("clickhouse", f"{what} failed: {_first_line(e)}") from e
+            except UnicodeEncodeError as e:
+                if not writing:
+                    raise
+                # The driver serialises strings as UTF-8; a lone surrogate cannot be.
+                raise Refused("clickhouse", f"{what} rejected: a string is not encodable as UTF-8: {e}") from e
 
     def start(self) -> None:
         for statement in _ddl(self._db):
@@ -92,11 +193,18 @@ class ClickHouseAnalyticsSink:
         """Nothing to release: the client belongs to whoever built it (the container)."""
 
     def check(self) -> None:
-        self._run("health check", self._client.command, "SELECT 1")
+        """The server answers and the table exists (so that a write failing while this
+        passes is not a missing table)."""
+        if not self._run("health check", self._client.command, f"EXISTS TABLE {self._table}"):
+            raise Unavailable("clickhouse", f"table {self._table} does not exist")
 
     def write(self, rows: Sequence[AnalyticsRow]) -> None:
         if not rows:
             return
+        for row in rows:  # nothing is written when one row cannot be, like a refused INSERT
+            problem = _unstorable(row)
+            if problem is not None:
+                raise Refused("clickhouse", f"row {row.id!r}: {problem}")
         data = [[r.id, r.created_at, r.event_time, r.source, r.type, r.payload, r.object_key] for r in rows]
         self._run("insert", self._client.insert, self._table, data, column_names=_COLUMNS)
 

@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 import msgspec
 
 from wotr_domain.codec import sha256_hex
-from wotr_domain.errors import NotFound, Unavailable
+from wotr_domain.errors import NotFound, Refused, Unavailable
 from wotr_domain.models import AnalyticsRow, BusMessage, Delivery, EventMetadata, EventStatus, ObjectRef, Recorded
 
 __all__ = ["InMemoryAnalyticsSink", "InMemoryEventBus", "InMemoryMetadataRepo", "InMemoryObjectStore"]
@@ -164,10 +164,16 @@ class InMemoryMetadataRepo(_Switchable):
         self.rows: dict[str, EventMetadata] = {}
         self._recorded_at: dict[str, datetime] = {}
         self._leases: dict[str, datetime] = {}
+        # Fault injection: rows this predicate matches are refused, as a real database
+        # refuses a value it can never hold (the whole statement fails, nothing is written).
+        self.refuse: Callable[[EventMetadata], bool] | None = None
 
     def record(self, items: Sequence[EventMetadata]) -> list[Recorded]:
         with self._lock:
             self._up()
+            refused = [i.id for i in items if self.refuse is not None and self.refuse(i)]
+            if refused:
+                raise Refused(self.name, f"rows {refused} refused")
             out = []
             for item in items:
                 existing = self.rows.get(item.id)
@@ -235,16 +241,33 @@ class InMemoryMetadataRepo(_Switchable):
 
 
 class InMemoryAnalyticsSink(_Switchable):
+    """Fault switches besides `outage` (a write fails as a whole and writes nothing, like
+    one INSERT): `refuse(row)` true makes it raise `Refused` (data it will never take);
+    `unavailable_for(row)` true makes it raise `Unavailable` although `check()` passes (a
+    failure the sink does not explain); `write_failures` > 0 fails that many next writes
+    with `Unavailable` (a transient glitch)."""
+
     name = "analytics sink"
 
     def __init__(self) -> None:
         super().__init__()
         self.rows: dict[str, AnalyticsRow] = {}
         self.writes = 0
+        self.refuse: Callable[[AnalyticsRow], bool] | None = None
+        self.unavailable_for: Callable[[AnalyticsRow], bool] | None = None
+        self.write_failures = 0
 
     def write(self, rows: Sequence[AnalyticsRow]) -> None:
         with self._lock:
             self._up()
+            if self.write_failures > 0:
+                self.write_failures -= 1
+                raise Unavailable(self.name, "simulated write failure")
+            for row in rows:
+                if self.refuse is not None and self.refuse(row):
+                    raise Refused(self.name, f"row {row.id!r} refused (simulated)")
+                if self.unavailable_for is not None and self.unavailable_for(row):
+                    raise Unavailable(self.name, f"write of row {row.id!r} failed (simulated)")
             for row in rows:
                 self.rows[row.id] = row
             self.writes += 1

@@ -92,8 +92,7 @@ def _run_service(args: argparse.Namespace) -> int:
     container = build_container(settings, observers=telemetry)
     if args.command == "serve":
         with_workers = settings.profile != "local" if args.workers is None else args.workers
-        serve(container, telemetry, with_workers=with_workers)
-        return 0
+        return serve(container, telemetry, with_workers=with_workers)  # 70 when a worker crashed
     port = args.metrics_port if args.metrics_port is not None else (settings.metrics_port or METRICS_PORTS[args.command])
     if args.command == "consume":
         tune_gc_for_batches()
@@ -103,8 +102,7 @@ def _run_service(args: argparse.Namespace) -> int:
         worker = relay_worker(container)
         deps = {"object_store": container.object_store(), "metadata_repo": container.metadata_repo(),
                 "event_bus": container.event_bus()}
-    run_until_signalled(container, worker, telemetry, deps, metrics_port=port, ready_file=args.ready_file)
-    return 0
+    return run_until_signalled(container, worker, telemetry, deps, metrics_port=port, ready_file=args.ready_file)
 
 
 if __name__ == "__main__":

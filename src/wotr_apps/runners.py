@@ -1,22 +1,45 @@
 """Process entry points: the API server, the consumer and the relay, each with graceful
-shutdown on SIGTERM/SIGINT and a readiness line on stdout."""
+shutdown on SIGTERM/SIGINT and a readiness line on stdout.
+
+A worker thread that crashes takes its process down: the process shuts down gracefully
+and exits with `EXIT_WORKER_CRASHED` (70, EX_SOFTWARE), so that a supervisor sees the
+failure and restarts it, instead of a process that looks healthy while nothing runs.
+"""
 
 from __future__ import annotations
 
 import gc
 import logging
+import os
 import signal
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from .container import Container
 from .telemetry import Telemetry
-from .workers import WorkerThread, run_consumer, run_relay
+from .workers import WorkerThread, describe, run_consumer, run_relay
 
-__all__ = ["consumer_worker", "relay_worker", "run_until_signalled", "serve"]
+__all__ = ["EXIT_WORKER_CRASHED", "consumer_worker", "relay_worker", "run_until_signalled", "serve"]
 
 log = logging.getLogger(__name__)
+
+EXIT_WORKER_CRASHED = 70  # EX_SOFTWARE: an internal error, not a configuration or an outage
+
+
+def _exit_status(workers: list[WorkerThread]) -> int:
+    crashed = [w for w in workers if w.error is not None]
+    for worker in crashed:
+        log.critical("exiting with status %d: worker %s crashed: %s", EXIT_WORKER_CRASHED, worker.name, describe(worker.error))
+    return EXIT_WORKER_CRASHED if crashed else 0
+
+
+def _shut_down_process(worker: WorkerThread) -> None:
+    """A worker crashed under `wotr serve`: SIGTERM to this process starts uvicorn's
+    graceful shutdown (lifespan shutdown stops the other workers and the adapters)."""
+    log.critical("worker %s crashed; shutting the process down", worker.name)
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def tune_gc_for_batches() -> None:
@@ -55,16 +78,46 @@ def relay_worker(container: Container) -> WorkerThread:
     )
 
 
-def serve(container: Container, telemetry: Telemetry, *, with_workers: bool) -> None:
-    """Serve the API with uvicorn; with workers, the consumer and relay run in-process."""
+def serve(container: Container, telemetry: Telemetry, *, with_workers: bool) -> int:
+    """Serve the API with uvicorn; with workers, the consumer and relay run in-process.
+
+    Returns the exit status: 0, or `EXIT_WORKER_CRASHED` when a worker crashed (which shuts
+    the server down; GET /ready answers 503 naming the worker meanwhile).
+    """
     import uvicorn
 
     from .api import create_app
 
     settings = container.settings()
     workers = [consumer_worker(container, telemetry), relay_worker(container)] if with_workers else []
+    for worker in workers:
+        worker.on_crash = _shut_down_process
     app = create_app(container, workers=workers, telemetry=telemetry)
+    # uvicorn re-raises the SIGTERM it shut down on once it is done: one sent by a crashing
+    # worker must not kill the process before it can exit with its status; any other
+    # SIGTERM keeps its default effect.
+    previous = _on_sigterm(lambda: any(w.error is not None for w in workers))
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", timeout_graceful_shutdown=10)
+    if previous is not None:
+        signal.signal(signal.SIGTERM, previous)
+    return _exit_status(workers)
+
+
+def _on_sigterm(crashed: Callable[[], bool]) -> Any:
+    """Handle SIGTERM as by default (terminate), unless `crashed()`: then ignore it (the
+    shutdown it asked for is under way or done). Returns the previous handler, or None
+    off the main thread (where handlers cannot be set)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum: int, _frame: object) -> None:
+        if crashed():
+            log.info("SIGTERM after a worker crash: shutting down with status %d", EXIT_WORKER_CRASHED)
+            return
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+
+    return signal.signal(signal.SIGTERM, handler)
 
 
 def run_until_signalled(
@@ -75,12 +128,14 @@ def run_until_signalled(
     *,
     metrics_port: int,
     ready_file: Path | None = None,
-) -> None:
-    """Run one worker in the foreground until SIGTERM or SIGINT; then stop it cleanly.
+) -> int:
+    """Run one worker in the foreground until SIGTERM or SIGINT, or until it crashes; then
+    stop it cleanly. Returns the exit status: 0, or `EXIT_WORKER_CRASHED`.
 
     Metrics are served on 127.0.0.1:`metrics_port` (0: not served).
     """
     stopped = threading.Event()
+    worker.on_crash = lambda _worker: stopped.set()
 
     def _stop(signum: int, _frame: object) -> None:
         log.info("received signal %d, stopping", signum)
@@ -101,3 +156,4 @@ def run_until_signalled(
     container.shutdown_resources()
     if ready_file is not None:
         ready_file.unlink(missing_ok=True)
+    return _exit_status([worker])

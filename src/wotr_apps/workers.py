@@ -3,6 +3,11 @@
 Both stop promptly when their stop event is set. The consumer never drops a batch it
 polled: when the sink is down it retries the same batch with backoff, and if stopped
 meanwhile it leaves the batch uncommitted, so the bus delivers it again.
+
+A loop that raises anything else (a bug, not an outage) ends its `WorkerThread`, which
+records the error and calls its `on_crash` hook: the process entry points stop and exit
+non-zero, and readiness reports the dead worker, instead of a process that looks
+healthy while nothing runs.
 """
 
 from __future__ import annotations
@@ -15,9 +20,15 @@ from collections.abc import Callable
 from wotr_domain.errors import Unavailable
 from wotr_domain.services import AnalyticsLoader, OutboxRelay
 
-__all__ = ["Backoff", "run_consumer", "run_relay", "WorkerThread"]
+__all__ = ["Backoff", "describe", "run_consumer", "run_relay", "WorkerThread"]
 
 log = logging.getLogger(__name__)
+
+
+def describe(error: BaseException) -> str:
+    """`Type: message`, short enough for a log line or a readiness answer."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return f"{type(error).__name__}: {text[:300]}" if text else type(error).__name__
 
 
 class Backoff:
@@ -43,30 +54,34 @@ def run_consumer(
     on_lag: Callable[[dict[int, int]], None] | None = None,
     lag_every: float = 5.0,
 ) -> None:
+    """Poll, load, commit until `stop` is set. An outage (`Unavailable`) is waited out with
+    backoff, the same batch retried; anything else propagates and ends the worker."""
     backoff = Backoff()
     next_lag = 0.0
-    while not stop.is_set():
-        if on_lag is not None and time.monotonic() >= next_lag:
-            next_lag = time.monotonic() + lag_every
+    try:
+        while not stop.is_set():
+            if on_lag is not None and time.monotonic() >= next_lag:
+                next_lag = time.monotonic() + lag_every
+                try:
+                    on_lag(loader.lag())
+                except Unavailable as e:
+                    log.debug("consumer: lag unknown: %s", e)
             try:
-                on_lag(loader.lag())
+                batch = loader.poll(batch_size, batch_seconds)
             except Unavailable as e:
-                log.debug("consumer: lag unknown: %s", e)
-        try:
-            batch = loader.poll(batch_size, batch_seconds)
-        except Unavailable as e:
-            log.warning("consumer: bus unavailable, retrying: %s", e)
-            stop.wait(backoff.next())
-            continue
-        while batch and not stop.is_set():
-            try:
-                loader.handle(batch)
-                backoff.reset()
-                break
-            except Unavailable as e:
-                log.warning("consumer: batch of %d not loaded, retrying: %s", len(batch), e)
+                log.warning("consumer: bus unavailable, retrying: %s", e)
                 stop.wait(backoff.next())
-    loader.close()
+                continue
+            while batch and not stop.is_set():
+                try:
+                    loader.handle(batch, wait=stop.wait)
+                    backoff.reset()
+                    break
+                except Unavailable as e:
+                    log.warning("consumer: batch of %d not loaded, retrying: %s", len(batch), e)
+                    stop.wait(backoff.next())
+    finally:
+        loader.close()
 
 
 def run_relay(relay: OutboxRelay, stop: threading.Event, *, interval: float, batch_size: int = 1000) -> None:
@@ -84,18 +99,57 @@ def run_relay(relay: OutboxRelay, stop: threading.Event, *, interval: float, bat
 
 
 class WorkerThread:
-    """A daemon thread running `target(stop)` with a stop event and a bounded join."""
+    """A daemon thread running `target(stop)` with a stop event and a bounded join.
 
-    def __init__(self, name: str, target: Callable[[threading.Event], None]) -> None:
+    When the target raises, or returns although nobody asked it to stop, the worker has
+    crashed: `error` keeps what ended it, `check()` raises `Unavailable` naming it (for
+    readiness), and `on_crash(worker)` is called from the dying thread (the process entry
+    points use it to shut the process down with a non-zero exit).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        target: Callable[[threading.Event], None],
+        *,
+        on_crash: Callable[[WorkerThread], None] | None = None,
+    ) -> None:
+        self.name = name
         self.stop_event = threading.Event()
+        self.on_crash = on_crash
+        self.error: BaseException | None = None
         self._target = target
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
     def _run(self) -> None:
         try:
             self._target(self.stop_event)
-        except Exception:
-            log.exception("worker %s crashed", self._thread.name)
+        except BaseException as e:  # noqa: BLE001 - whatever ends the loop is recorded
+            self._crashed(e)
+            return
+        if not self.stop_event.is_set():
+            self._crashed(RuntimeError("the loop returned without being asked to stop"))
+
+    def _crashed(self, error: BaseException) -> None:
+        self.error = error
+        log.critical("worker %s crashed: %s", self.name, describe(error), exc_info=error)
+        if self.on_crash is not None:
+            try:
+                self.on_crash(self)
+            except Exception:
+                log.exception("worker %s: crash handler failed", self.name)
+
+    @property
+    def crashed(self) -> bool:
+        return self.error is not None
+
+    def check(self) -> None:
+        """Raise `Unavailable` naming the worker and its error once it has crashed."""
+        if self.error is not None:
+            raise Unavailable(f"worker {self.name}", f"crashed: {describe(self.error)}")
+
+    def is_alive(self) -> bool:
+        return self._thread.is_alive()
 
     def start(self) -> None:
         self._thread.start()

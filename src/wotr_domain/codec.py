@@ -48,6 +48,7 @@ encode = _encoder.encode
 _STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
 # Keep only brackets, as signed steps of the depth: an opening one +1, a closing one -1.
 _NOT_BRACKETS = bytes(c for c in range(256) if c not in b"{}[]")
+_NOT_MARKS = bytes(c for c in range(256) if c not in b'{}[]"')
 _TO_STEPS = bytes.maketrans(b"{[}]", b"\x01\x01\xff\xff")
 _CHUNK = 1 << 16  # the depth walk stops after the first chunk that goes too deep
 # Tokens of the iterative array splitter: a string, a lone quote (an unterminated
@@ -66,30 +67,56 @@ def nesting_exceeds(data: bytes, limit: int) -> bool:
     Exact for well-formed JSON; for malformed JSON an upper bound of the depth a parser
     reaches before the error, so `False` always means a parser stays within `limit`.
     Never recursive, and at C speed: strings are cut out, the brackets kept as +1/-1
-    bytes, and their running sum is taken chunk by chunk (stopping at the first chunk
-    that goes too deep).
+    bytes, innermost pairs removed while that shrinks them fast, and the running sum of
+    the rest taken chunk by chunk (stopping at the first chunk that goes too deep).
     """
     if data.count(b"{") + data.count(b"[") <= limit:  # the common case: no walk needed
         return False
-    if b'"' in data:
-        if b"\\" in data:  # escaped quotes: a string ends at the first unescaped one
-            data = _STRING.sub(b"", data)
-        else:  # no escapes: every other piece between quotes is a string
-            data = b"".join(data.split(b'"')[0::2])
-        quote = data.find(b'"')
-        if quote >= 0:  # an unterminated string: a parser goes no further than this
-            data = data[:quote]
-    steps = data.translate(_TO_STEPS, _NOT_BRACKETS)  # b"\x01" opens, b"\xff" closes
-    if steps.count(b"\x01") <= limit:
+    steps = _steps(data)
+    # Wide, shallow JSON (arrays of small objects) collapses in a few rounds of removing
+    # every innermost pair; each round takes one level off.
+    removed = 0
+    while steps.count(b"\x01") + removed > limit:
+        shorter = steps.replace(b"\x01\xff", b"")
+        if len(shorter) == len(steps):  # no pair left, only unbalanced brackets: walk them
+            break
+        removed += 1
+        if removed > limit:  # that round removed a pair `removed` levels deep
+            return True
+        collapsing = 2 * len(shorter) <= len(steps)
+        steps = shorter
+        if not collapsing:  # deep rather than wide: walk what is left
+            break
+    else:
         return False
     signed = memoryview(steps).cast("b")
     depth = 0
     for start in range(0, len(steps), _CHUNK):
         end = start + _CHUNK
-        if max(accumulate(signed[start:end], initial=depth)) > limit:
+        if max(accumulate(signed[start:end], initial=depth)) + removed > limit:
             return True
         depth += steps.count(b"\x01", start, end) - steps.count(b"\xff", start, end)
     return False
+
+
+def _steps(data: bytes) -> bytes:
+    """The brackets of `data` outside strings, as +1/-1 bytes, up to an unterminated string
+    (where a parser stops)."""
+    if b'"' not in data:
+        return data.translate(_TO_STEPS, _NOT_BRACKETS)
+    if b"\\" not in data:  # no escapes: quotes alternate, opening and closing strings
+        marks = data.translate(None, _NOT_MARKS)  # brackets and quotes
+        unquoted = marks.replace(b'""', b"")
+        if b'"' not in unquoted:  # no string held a bracket (the usual case)
+            return unquoted.translate(_TO_STEPS)
+        # Every other piece between quotes is a string; with an odd count of quotes the
+        # last piece, an unterminated string, is dropped too.
+        return b"".join(marks.split(b'"')[0::2]).translate(_TO_STEPS)
+    data = _STRING.sub(b"", data)
+    quote = data.find(b'"')
+    if quote >= 0:
+        data = data[:quote]
+    return data.translate(_TO_STEPS, _NOT_BRACKETS)
 
 
 def _too_deep(what: str) -> InvalidEvent:

@@ -59,7 +59,8 @@ def create_app(
     group_commit = GroupCommit(lambda items: container.ingest_service().ingest_many(items))
 
     @asynccontextmanager
-    async def lifespan(_: Litestar) -> AsyncIterator[None]:
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        app.state.workers = tuple(workers)  # GET /ready reports a crashed worker
         await anyio.to_thread.run_sync(container.ingest_service)  # starts the adapters
         await group_commit.start()
         if telemetry is not None:

@@ -15,6 +15,7 @@ from wotr_domain.errors import (
     MalformedJson,
     NotFound,
     PayloadTooLarge,
+    Refused,
     Unavailable,
     WotrError,
 )
@@ -37,6 +38,7 @@ _STATUS: list[tuple[type[WotrError], int, str]] = [
     (UnsupportedMediaType, 415, "unsupported_media_type"),
     (NotFound, 404, "not_found"),
     (Conflict, 409, "conflict"),
+    (Refused, 422, "refused"),
     (Unavailable, 503, "unavailable"),
 ]
 

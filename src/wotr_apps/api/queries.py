@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Response, get
+from litestar.datastructures import State
 from litestar.di import NamedDependency
 from litestar.params import FromPath, Parameter
 
@@ -35,8 +36,8 @@ async def health() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@get("/ready", sync_to_thread=True, summary="Every dependency answers")
-def ready(dependencies: NamedDependency[dict[str, Any]]) -> Response[dict]:
+@get("/ready", sync_to_thread=True, summary="Every dependency answers and every in-process worker runs")
+def ready(dependencies: NamedDependency[dict[str, Any]], state: State) -> Response[dict]:
     checks: dict[str, str] = {}
     for name, adapter in dependencies.items():
         try:
@@ -44,6 +45,12 @@ def ready(dependencies: NamedDependency[dict[str, Any]]) -> Response[dict]:
             checks[name] = "ok"
         except WotrError as e:
             checks[name] = f"down: {e}"
+    for worker in state.get("workers", ()):  # `wotr serve` with the consumer and relay in-process
+        try:
+            worker.check()
+            checks[worker.name] = "ok"
+        except WotrError as e:
+            checks[worker.name] = f"down: {e}"
     up = all(v == "ok" for v in checks.values())
     return Response(
         {"status": "ready" if up else "unavailable", "checks": checks},

@@ -1,29 +1,55 @@
 """Analytics loader: a batch from the bus into the sink, then commit (at-least-once).
 
 The sink is idempotent by event id, so a batch written twice (crash between write and
-commit) still ends as one row per event. A message that is not an event goes to the
-dead-letter topic with the reason and never blocks its partition.
+commit) still ends as one row per event. Nothing a single message carries can stop its
+partition:
+
+- A message that cannot be turned into a row (not an event, a key that is not its id,
+  or anything the decoder raises) goes to the dead-letter topic with the reason.
+- A row the sink refuses (`Refused`) is isolated by splitting the batch in halves until
+  the refused rows stand alone; they are dead-lettered with the sink's reason, the
+  others are written, then the batch is committed.
+
+An outage never dead-letters anything: when a write fails with `Unavailable` and the
+sink's own `check()` fails too, `handle` raises `Unavailable` with nothing committed,
+and the caller retries the whole batch later. When writes keep failing with
+`Unavailable` (`attempts` times, with backoff) although the sink answers its check, the
+batch is split as for a refusal, but a row is dead-lettered for such a failure only if
+the sink took other rows of the same batch meanwhile; if it takes none, the fault is
+the sink's, and the batch is left for a retry.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+import time
+from collections.abc import Callable, Sequence
 
 import msgspec
 
 from ..codec import decode_event, encode
-from ..errors import InvalidEvent
+from ..errors import InvalidEvent, Refused, Unavailable, WotrError
 from ..models import AnalyticsRow, Delivery, Event
 from ..ports import AnalyticsSink, Subscription
 from .observer import LoaderObserver, NullObserver
 
 __all__ = ["AnalyticsLoader", "LoadOutcome", "decode_batch", "row_for"]
 
+log = logging.getLogger(__name__)
+
+DEFAULT_ATTEMPTS = 3
+DEFAULT_RETRY_DELAY = 0.2  # seconds before the second attempt; doubled before each further one
+MAX_REASON_CHARS = 1000  # a dead-letter reason travels in a message header
+
+Wait = Callable[[float], bool]
+"""`wait(seconds)`: pause between attempts; True when the caller is stopping (e.g. `Event.wait`)."""
+
 
 class LoadOutcome(msgspec.Struct, frozen=True, kw_only=True):
     received: int
     loaded: int
-    dead_lettered: int
+    dead_lettered: int  # undecodable messages and refused rows alike
+    refused: int = 0  # of `dead_lettered`: rows the sink would not take
 
 
 def row_for(event: Event, object_key: str = "") -> AnalyticsRow:
@@ -38,45 +64,178 @@ def row_for(event: Event, object_key: str = "") -> AnalyticsRow:
     )
 
 
-def decode_batch(deliveries: Sequence[Delivery]) -> tuple[list[AnalyticsRow], list[tuple[Delivery, str]]]:
-    """Pure step: rows for the deliveries that are events, and (delivery, reason) for the rest."""
-    rows: list[AnalyticsRow] = []
+def _reason(text: str) -> str:
+    return text if len(text) <= MAX_REASON_CHARS else text[: MAX_REASON_CHARS - 1] + "…"
+
+
+def _decode(deliveries: Sequence[Delivery]) -> tuple[list[tuple[Delivery, AnalyticsRow]], list[tuple[Delivery, str]]]:
+    """(delivery, row) for the deliveries that are events, (delivery, reason) for the rest.
+
+    Whatever turning one delivery into a row raises (`InvalidEvent`, but also
+    `RecursionError`, `ValueError`, `UnicodeDecodeError`, `TypeError` on a value that is
+    not bytes...) rejects that delivery alone. `MemoryError` is not the message's fault
+    (messages are bounded in size) and propagates.
+    """
+    decoded: list[tuple[Delivery, AnalyticsRow]] = []
     rejects: list[tuple[Delivery, str]] = []
     for d in deliveries:
         try:
             event = decode_event(d.value)
+            if d.key is not None and d.key != event.id:
+                rejects.append((d, _reason(f"message key {d.key!r} does not match event id {event.id!r}")))
+                continue
+            decoded.append((d, row_for(event, d.headers.get("object-key", ""))))
+        except MemoryError:
+            raise
         except InvalidEvent as e:
-            rejects.append((d, f"undecodable event: {e}"))
-            continue
-        if d.key is not None and d.key != event.id:
-            rejects.append((d, f"message key {d.key!r} does not match event id {event.id!r}"))
-            continue
-        rows.append(row_for(event, d.headers.get("object-key", "")))
-    return rows, rejects
+            rejects.append((d, _reason(f"undecodable event: {e}")))
+        except Exception as e:  # noqa: BLE001 - one poison message must never stop the batch
+            rejects.append((d, _reason(f"undecodable event ({type(e).__name__}): {e}")))
+    return decoded, rejects
+
+
+def decode_batch(deliveries: Sequence[Delivery]) -> tuple[list[AnalyticsRow], list[tuple[Delivery, str]]]:
+    """Pure step: rows for the deliveries that are events, and (delivery, reason) for the rest."""
+    decoded, rejects = _decode(deliveries)
+    return [row for _, row in decoded], rejects
+
+
+def _sleep(seconds: float) -> bool:
+    if seconds > 0:
+        time.sleep(seconds)
+    return False
 
 
 class AnalyticsLoader:
-    """Moves events from a subscription into the analytics sink."""
+    """Moves events from a subscription into the analytics sink.
 
-    def __init__(self, subscription: Subscription, sink: AnalyticsSink, observer: LoaderObserver | None = None) -> None:
+    `attempts` bounds the writes of one batch that fail with `Unavailable` while the sink
+    answers its check, before the batch is split; `retry_delay` is the pause before the
+    second attempt, doubled before each further one.
+    """
+
+    def __init__(
+        self,
+        subscription: Subscription,
+        sink: AnalyticsSink,
+        observer: LoaderObserver | None = None,
+        *,
+        attempts: int = DEFAULT_ATTEMPTS,
+        retry_delay: float = DEFAULT_RETRY_DELAY,
+    ) -> None:
+        if attempts < 1:
+            raise ValueError("attempts must be at least 1")
         self._subscription = subscription
         self._sink = sink
         self._observer = observer or NullObserver()
+        self._attempts = attempts
+        self._retry_delay = retry_delay
 
-    def handle(self, deliveries: Sequence[Delivery]) -> LoadOutcome:
-        """Write the batch, dead-letter the rejects, then commit; `Unavailable` leaves it uncommitted."""
-        rows, rejects = decode_batch(deliveries)
-        if rows:
-            self._sink.write(rows)
-        for delivery, reason in rejects:
+    def handle(self, deliveries: Sequence[Delivery], *, wait: Wait | None = None) -> LoadOutcome:
+        """Write the batch, dead-letter what cannot be loaded, then commit.
+
+        Raises `Unavailable` with nothing committed when the sink (or the bus) is down;
+        `wait` pauses between attempts and aborts them when it returns True.
+        """
+        decoded, rejects = _decode(deliveries)
+        refused = self._write([row for _, row in decoded], wait or _sleep) if decoded else []
+        letters = rejects + [(decoded[i][0], reason) for i, reason in refused]
+        for delivery, reason in letters:
             self._subscription.dead_letter(delivery, reason)
         if deliveries:
             self._subscription.commit(deliveries)
+        loaded = len(decoded) - len(refused)
         self._observer.batch(len(deliveries))
-        self._observer.loaded(len(rows))
-        if rejects:
-            self._observer.dead_lettered(len(rejects))
-        return LoadOutcome(received=len(deliveries), loaded=len(rows), dead_lettered=len(rejects))
+        self._observer.loaded(loaded)
+        if letters:
+            self._observer.dead_lettered(len(letters))
+        return LoadOutcome(received=len(deliveries), loaded=loaded, dead_lettered=len(letters), refused=len(refused))
+
+    # -- writing with retries and isolation ---------------------------------------------
+
+    def _answers(self) -> bool:
+        try:
+            self._sink.check()
+        except WotrError:
+            return False
+        return True
+
+    def _attempt(self, rows: Sequence[AnalyticsRow], wait: Wait) -> WotrError | None:
+        """Write `rows`: None once written; the `Refused`, or the last `Unavailable` after
+        `attempts` tries while the sink answers, when they should be split. Raises
+        `Unavailable` when the sink is down (or `wait` says stop)."""
+        delay = self._retry_delay
+        for attempt in range(1, self._attempts + 1):
+            try:
+                self._sink.write(rows)
+                return None
+            except Refused as e:
+                return e
+            except Unavailable as e:
+                if not self._answers():
+                    raise  # an outage: the whole batch waits, nothing is split or lost
+                if attempt == self._attempts:
+                    return e
+                if wait(delay):
+                    raise  # stopping: the batch stays uncommitted
+                delay *= 2
+        raise AssertionError("unreachable")
+
+    def _write(self, rows: Sequence[AnalyticsRow], wait: Wait) -> list[tuple[int, str]]:
+        """Write `rows`; (index, reason) of the rows isolated as unloadable, in order."""
+        error = self._attempt(rows, wait)
+        if error is None:
+            return []
+        log.warning("analytics sink did not take a batch of %d rows, isolating the offending rows: %s", len(rows), error)
+        return self._isolate(rows, error, wait)
+
+    def _isolate(self, rows: Sequence[AnalyticsRow], error: WotrError, wait: Wait) -> list[tuple[int, str]]:
+        """Bisect `rows` (which failed with `error` as a whole) until the rows that fail stand
+        alone; write every part that succeeds. Raises `Unavailable` when the sink goes down
+        meanwhile, or when it takes no row at all and refused none (its fault, not the rows')."""
+        failed: list[tuple[int, WotrError]] = []  # single rows that failed, with their error
+        loaded = 0
+        pending: list[tuple[int, int, WotrError]] = [(0, len(rows), error)]
+        while pending:
+            lo, hi, err = pending.pop()
+            if hi - lo == 1:
+                failed.append((lo, err))
+                continue
+            mid = (lo + hi) // 2
+            halves: list[tuple[int, int, WotrError]] = []
+            for a, b in ((lo, mid), (mid, hi)):
+                try:
+                    self._sink.write(rows[a:b])
+                    loaded += b - a
+                except Refused as e:
+                    halves.append((a, b, e))
+                except Unavailable as e:
+                    if not self._answers():
+                        raise
+                    halves.append((a, b, e))
+            if not loaded and len(halves) == 2 and all(isinstance(h[2], Unavailable) for h in halves):
+                raise halves[0][2]  # no part goes in: the sink's fault; retry the batch later
+            pending.extend(reversed(halves))  # left half first
+        bad: list[tuple[int, str]] = []
+        for index, err in sorted(failed, key=lambda f: f[0]):
+            if isinstance(err, Unavailable):
+                if not loaded:
+                    raise err  # the sink took no row: no evidence against this one
+                again = self._attempt(rows[index : index + 1], wait)  # its own attempts first
+                if again is None:
+                    loaded += 1
+                    continue
+                err = again
+            if isinstance(err, Refused):
+                bad.append((index, _reason(f"refused by the analytics sink: {err}")))
+            else:
+                bad.append((index, _reason(
+                    f"not loadable into the analytics sink ({self._attempts} attempts failed"
+                    f" while it took other rows): {err}"
+                )))
+        return bad
+
+    # -- polling --------------------------------------------------------------------------
 
     def poll(self, max_messages: int = 10_000, timeout: float = 0.5) -> list[Delivery]:
         return self._subscription.poll(max_messages, timeout)
