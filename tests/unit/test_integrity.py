@@ -211,3 +211,37 @@ def test_stopping_the_group_commit_answers_every_waiting_request(ingest):
 def test_invalid_event_is_still_raised_for_bad_input(ingest):
     with pytest.raises(InvalidEvent):
         ingest.ingest(IngestRequest(payload={}, source="\x00"))
+
+
+# -- durability of the embedded archive ----------------------------------------------------------
+
+
+def test_the_filesystem_store_makes_new_directories_and_renames_durable(tmp_path, monkeypatch):
+    """After a power loss a recorded row must not point at a vanished object: the file,
+    the rename into its directory and every directory created on the way are fsynced."""
+    import os
+    import stat
+
+    from wotr_adapters import filesystem
+    from wotr_adapters.filesystem import FilesystemObjectStore
+
+    synced: list[tuple[str, str]] = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        kind = "dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file"
+        synced.append((kind, os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    monkeypatch.setattr(filesystem.os, "fsync", recording_fsync)
+    store = FilesystemObjectStore(tmp_path / "objects")
+    store.start()
+    store.put("raw/dt=2026-01-01/a.json", b"{}")
+    root = str(tmp_path / "objects")
+    dirs = [p for kind, p in synced if kind == "dir"]
+    assert [k for k, _ in synced].count("file") == 1
+    # each new directory is synced in its parent, and the final directory after the rename
+    assert dirs == [root, f"{root}/raw", f"{root}/raw/dt=2026-01-01"]
+    synced.clear()
+    store.put("raw/dt=2026-01-01/b.json", b"{}")  # existing directory: only the rename's
+    assert [p for kind, p in synced if kind == "dir"] == [f"{root}/raw/dt=2026-01-01"]
