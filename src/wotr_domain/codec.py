@@ -44,8 +44,6 @@ _event_decoder = msgspec.json.Decoder(Event)
 
 encode = _encoder.encode
 
-# A JSON string (escapes included): its brackets are text, not structure.
-_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
 # Keep only brackets, as signed steps of the depth: an opening one +1, a closing one -1.
 _NOT_BRACKETS = bytes(c for c in range(256) if c not in b"{}[]")
 _NOT_MARKS = bytes(c for c in range(256) if c not in b'{}[]"')
@@ -104,19 +102,16 @@ def _steps(data: bytes) -> bytes:
     (where a parser stops)."""
     if b'"' not in data:
         return data.translate(_TO_STEPS, _NOT_BRACKETS)
-    if b"\\" not in data:  # no escapes: quotes alternate, opening and closing strings
-        marks = data.translate(None, _NOT_MARKS)  # brackets and quotes
-        unquoted = marks.replace(b'""', b"")
-        if b'"' not in unquoted:  # no string held a bracket (the usual case)
-            return unquoted.translate(_TO_STEPS)
-        # Every other piece between quotes is a string; with an odd count of quotes the
-        # last piece, an unterminated string, is dropped too.
-        return b"".join(marks.split(b'"')[0::2]).translate(_TO_STEPS)
-    data = _STRING.sub(b"", data)
-    quote = data.find(b'"')
-    if quote >= 0:
-        data = data[:quote]
-    return data.translate(_TO_STEPS, _NOT_BRACKETS)
+    if b"\\" in data:  # drop the escapes that could hide a quote: first \\, then \"
+        data = data.replace(b"\\\\", b"").replace(b'\\"', b"")
+    # Now quotes alternate, opening and closing strings.
+    marks = data.translate(None, _NOT_MARKS)  # brackets and quotes
+    unquoted = marks.replace(b'""', b"")
+    if b'"' not in unquoted:  # no string held a bracket (the usual case)
+        return unquoted.translate(_TO_STEPS)
+    # Every other piece between quotes is a string; with an odd count of quotes the last
+    # piece, an unterminated string, is dropped too.
+    return b"".join(marks.split(b'"')[0::2]).translate(_TO_STEPS)
 
 
 def _too_deep(what: str) -> InvalidEvent:

@@ -99,6 +99,17 @@ def test_the_seed_trace_end_to_end(pipeline):
     rows = pipeline.clickhouse(SEED_QUERY)
     assert [row[0] for row in rows] == [event_id]
     assert '"example":"hello"' in rows[0][5]
+    # The integrity rules on the real stores: what PostgreSQL cannot hold is 422 at the
+    # edge (not 503 forever); same id: 200 with the first receipt, or 409 for other content.
+    bad = httpx.post(f"{pipeline.url}/ingest", json={"payload": {}, "source": "we\u0000b"})
+    assert bad.status_code == 422 and bad.json()["field"] == "source"
+    first = httpx.post(f"{pipeline.url}/ingest", json={"id": "it-order-1", "payload": {"v": 1}})
+    again = httpx.post(f"{pipeline.url}/ingest", json={"id": "it-order-1", "payload": {"v": 1}})
+    other = httpx.post(f"{pipeline.url}/ingest", json={"id": "it-order-1", "payload": {"v": 2}})
+    assert (first.status_code, again.status_code, other.status_code) == (202, 200, 409)
+    assert again.json()["object_key"] == first.json()["object_key"] and "it-order-1" in other.json()["detail"]
+    assert status_counts(pipeline) == {"published": 2}
+    assert len(raw_keys(pipeline)) == 2
 
 
 def test_kafka_down_events_are_accepted_and_arrive_after_it_returns(pipeline, stack):
