@@ -95,8 +95,10 @@ def _code(error: BaseException) -> int | None:
 
 def _refuses_data(error: BaseException) -> bool:
     """Whether a driver error is the server or engine rejecting the inserted data itself."""
-    from clickhouse_connect.driver.exceptions import OperationalError, ProgrammingError
+    from clickhouse_connect.driver.exceptions import DataError, OperationalError, ProgrammingError
 
+    if isinstance(error, DataError):
+        return True  # the driver found a value it cannot send as the column's type
     if isinstance(error, (OperationalError, ProgrammingError)):
         return False  # transport, timeouts, retries exhausted; client-side misuse
     code = _code(error)

@@ -3,12 +3,16 @@ every sink adapter (in-memory, the in-process ClickHouse engine, a server when c
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+import uuid
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from wotr_domain.errors import Unavailable
-from wotr_domain.models import AnalyticsRow
+from wotr_adapters.memory import InMemoryEventBus
+from wotr_domain.codec import encode
+from wotr_domain.errors import Refused, Unavailable
+from wotr_domain.models import AnalyticsRow, BusMessage, Event
+from wotr_domain.services import AnalyticsLoader
 
 T0 = datetime(2026, 3, 1, 12, 0, 0, 250000, tzinfo=UTC)
 
@@ -68,3 +72,165 @@ def test_an_unreachable_sink_raises_unavailable(down_analytics_sink):
         sink.write([row("u")])
     with pytest.raises(Unavailable):
         down_analytics_sink().check()
+
+
+# -- refusals: what the ClickHouse sink (engine or server) will never take -------------------
+#
+# The engine stores whatever an AnalyticsRow holds in its columns except what these tests
+# show: a datetime outside DateTime64's range (the engine would store it, but reading the
+# row back fails: the sink refuses it first), a string with a lone surrogate (the driver
+# cannot encode it as UTF-8), and a batch spanning more than 100 months (partitions) in one
+# INSERT. The first is reachable from the bus: an event whose timestamp is
+# 0001-01-01T00:00:00+05:00 decodes (it is 0000-12-31T19:00Z).
+
+
+@pytest.fixture
+def clickhouse_sink(clickhouse_client):
+    from wotr_adapters.clickhouse import ClickHouseAnalyticsSink
+
+    sink = ClickHouseAnalyticsSink(clickhouse_client, database=f"wotr_refusals_{uuid.uuid4().hex[:12]}")
+    sink.start()
+    yield sink
+    sink.close()
+
+
+BEFORE_YEAR_ONE_UTC = datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=5)))
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"event_time": BEFORE_YEAR_ONE_UTC},
+        {"event_time": datetime(1899, 12, 31, 23, 59, 59, tzinfo=UTC)},
+        {"created_at": datetime(2300, 1, 1, tzinfo=UTC)},
+        {"payload": '{"text":"\ud800"}'},
+        {"source": "\udfff"},
+    ],
+    ids=["event-time-before-year-1-utc", "event-time-before-1900", "created-at-after-2299", "payload-lone-surrogate",
+         "source-lone-surrogate"],
+)
+def test_clickhouse_refuses_a_row_it_cannot_hold_and_writes_nothing_of_the_batch(clickhouse_sink, changes):
+    batch = [row("good-1", 1), row("bad", 2, **changes), row("good-2", 3)]
+    with pytest.raises(Refused) as refused:
+        clickhouse_sink.write(batch)
+    assert refused.value.dependency == "clickhouse" and refused.value.detail
+    assert clickhouse_sink.count() == 0
+    clickhouse_sink.check()  # refusing data is not being down
+
+
+def test_clickhouse_takes_the_edges_of_datetime64(clickhouse_sink):
+    edges = [
+        row("first", event_time=datetime(1900, 1, 1, tzinfo=UTC), created_at=datetime(1900, 1, 1, tzinfo=UTC)),
+        row("last", event_time=datetime(2299, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+            created_at=datetime(2299, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)),
+    ]
+    clickhouse_sink.write(edges)
+    assert clickhouse_sink.latest(10) == [edges[1], edges[0]]
+
+
+def test_clickhouse_refuses_one_insert_over_too_many_partitions(clickhouse_sink):
+    months = [row(f"m{i}", created_at=datetime(2000 + i // 12, i % 12 + 1, 1, tzinfo=UTC)) for i in range(101)]
+    with pytest.raises(Refused, match="partitions"):
+        clickhouse_sink.write(months)
+    assert clickhouse_sink.count() == 0
+
+
+def test_a_missing_table_is_unavailable_not_refused(clickhouse_sink, clickhouse_client):
+    clickhouse_client.command(f"DROP TABLE {clickhouse_sink._table}")
+    with pytest.raises(Unavailable) as write_error:
+        clickhouse_sink.write([row("a")])
+    assert not isinstance(write_error.value, Refused)
+    with pytest.raises(Unavailable, match="does not exist"):
+        clickhouse_sink.check()
+
+
+def _event_message(event_id: str, *, received_at: datetime = T0, timestamp: datetime | None = None) -> BusMessage:
+    event = Event(id=event_id, received_at=received_at, payload={"id": event_id}, source="web", type="click", timestamp=timestamp)
+    return BusMessage(key=event_id, value=encode(event), headers={"object-key": f"raw/{event_id}.json"})
+
+
+def test_the_loader_dead_letters_the_row_clickhouse_refuses_and_loads_the_rest(clickhouse_sink):
+    bus = InMemoryEventBus()
+    good = [f"good-{i}" for i in range(7)]
+    messages = [_event_message(i, timestamp=T0) for i in good]
+    messages.insert(3, _event_message("poison", timestamp=BEFORE_YEAR_ONE_UTC))
+    bus.publish(messages)
+    outcome = AnalyticsLoader(bus.subscribe("g"), clickhouse_sink, retry_delay=0).run_once(timeout=0)
+    assert (outcome.received, outcome.loaded, outcome.dead_lettered, outcome.refused) == (8, 7, 1, 1)
+    assert sorted(r.id for r in clickhouse_sink.latest(100)) == sorted(good)  # and the table still reads
+    (letter,) = bus.dead_letters()
+    assert letter.key == "poison" and letter.value == messages[3].value
+    reason = letter.headers["dlq-reason"]
+    assert reason.startswith("refused by the analytics sink: clickhouse refused the data") and "DateTime64" in reason
+    assert bus.committed["g"] == 8
+
+
+def test_the_loader_splits_a_batch_clickhouse_refuses_whole_and_loads_all_of_it(clickhouse_sink):
+    bus = InMemoryEventBus()
+    ids = [f"month-{i}" for i in range(150)]
+    bus.publish([_event_message(i, received_at=datetime(2010 + n // 12, n % 12 + 1, 1, tzinfo=UTC)) for n, i in enumerate(ids)])
+    outcome = AnalyticsLoader(bus.subscribe("g"), clickhouse_sink, retry_delay=0).run_once(timeout=0)
+    assert (outcome.loaded, outcome.dead_lettered) == (150, 0)
+    assert clickhouse_sink.count() == 150 and bus.dead_letters() == [] and bus.committed["g"] == 150
+
+
+
+def _raising(error: BaseException):
+    def call(*_args, **_kwargs):
+        raise error
+
+    return call
+
+
+# Server errors the engine cannot produce here, classified as the sink classifies them
+# (each entry builds the driver's exception from clickhouse_connect's exceptions module).
+_WRITE_ERRORS = {
+    "transport": (lambda ch: ch.OperationalError("Error HTTPConnectionPool: Max retries exceeded"), Unavailable),
+    "type-mismatch": (lambda ch: ch.DatabaseError("Code: 53. DB::Exception: Type mismatch", code=53), Refused),
+    "out-of-range": (lambda ch: ch.DatabaseError("Code: 321. DB::Exception: Value out of range", code=321), Refused),
+    "parse-no-code-attribute": (
+        lambda ch: ch.DatabaseError("Code: 27. DB::Exception: Cannot parse input (CANNOT_PARSE_INPUT_ASSERTION_FAILED)"),
+        Refused),
+    "too-many-partitions": (
+        lambda ch: ch.DatabaseError("Code: 252. DB::Exception: Too many partitions for single INSERT block", code=252),
+        Refused),
+    "too-many-parts": (
+        lambda ch: ch.DatabaseError("Code: 252. DB::Exception: Too many parts (600). Merges are processing significantly"
+                                    " slower than inserts", code=252),
+        Unavailable),
+    "memory-limit": (lambda ch: ch.DatabaseError("Code: 241. DB::Exception: Memory limit exceeded", code=241), Unavailable),
+    "unknown-table": (lambda ch: ch.DatabaseError("Code: 60. DB::Exception: Table does not exist", code=60), Unavailable),
+    "access-denied": (lambda ch: ch.DatabaseError("Code: 497. DB::Exception: Not enough privileges", code=497), Unavailable),
+    "disk-full": (lambda ch: ch.DatabaseError("Code: 243. DB::Exception: Not enough space", code=243), Unavailable),
+    "driver-data-error": (lambda ch: ch.DataError("Tuple expects a sequence with 2 elements at row 1"), Refused),
+    "client-closed": (lambda ch: ch.ProgrammingError("The client has been closed"), Unavailable),
+    "lone-surrogate": (lambda ch: UnicodeEncodeError("utf-8", "\ud800", 0, 1, "surrogates not allowed"), Refused),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_WRITE_ERRORS))
+def test_clickhouse_write_errors_are_classified(case):
+    from clickhouse_connect.driver import exceptions
+
+    from wotr_adapters.clickhouse import ClickHouseAnalyticsSink
+
+    build, expected = _WRITE_ERRORS[case]
+    raised = build(exceptions)
+    sink = ClickHouseAnalyticsSink(client=None)
+    with pytest.raises(expected) as translated:
+        sink._run("insert", _raising(raised))
+    assert type(translated.value) is expected and translated.value.__cause__ is raised
+    # Reads and checks are never "refused": the data is not theirs.
+    with pytest.raises(Unavailable if isinstance(raised, exceptions.ClickHouseError) else UnicodeEncodeError):
+        sink._run("query", _raising(raised))
+
+
+@pytest.mark.parametrize("error", [TypeError("unsupported operand"), ValueError("bad isoformat"), KeyError("x")])
+def test_clickhouse_lets_programming_errors_through_unchanged(error):
+    from wotr_adapters.clickhouse import ClickHouseAnalyticsSink
+
+    sink = ClickHouseAnalyticsSink(client=None)
+    for what in ("insert", "query", "health check"):
+        with pytest.raises(type(error)) as raised:
+            sink._run(what, _raising(error))
+        assert raised.value is error
