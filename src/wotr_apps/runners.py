@@ -84,9 +84,8 @@ def serve(container: Container, telemetry: Telemetry, *, with_workers: bool) -> 
     Returns the exit status: 0, or `EXIT_WORKER_CRASHED` when a worker crashed (which shuts
     the server down; GET /ready answers 503 naming the worker meanwhile).
     """
-    import uvicorn
-
     from .api import create_app
+    from .api.server import build_server, run_server
 
     settings = container.settings()
     workers = [consumer_worker(container, telemetry), relay_worker(container)] if with_workers else []
@@ -97,7 +96,7 @@ def serve(container: Container, telemetry: Telemetry, *, with_workers: bool) -> 
     # worker must not kill the process before it can exit with its status; any other
     # SIGTERM keeps its default effect.
     previous = _on_sigterm(lambda: any(w.error is not None for w in workers))
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info", timeout_graceful_shutdown=10)
+    run_server(build_server(app, settings))  # uvicorn, with header limits and read timeouts
     if previous is not None:
         signal.signal(signal.SIGTERM, previous)
     return _exit_status(workers)

@@ -7,6 +7,7 @@ and `local` (MinIO/S3, Kafka, PostgreSQL and ClickHouse servers, seed variable n
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -41,6 +42,8 @@ def _float(env: Mapping[str, str], name: str, default: float, minimum: float = 0
         value = float(raw)
     except ValueError:
         raise ConfigError(name, f"must be a number, got {raw!r}") from None
+    if not math.isfinite(value):
+        raise ConfigError(name, f"must be a finite number, got {raw!r}")
     if value < minimum:
         raise ConfigError(name, f"must be at least {minimum}, got {value}")
     return value
@@ -55,6 +58,10 @@ class Settings:
     max_body_bytes: int = 1024 * 1024
     max_batch_bytes: int = 16 * 1024 * 1024
     max_batch_events: int = 10_000
+    max_headers: int = 100
+    max_header_bytes: int = 64 * 1024
+    header_read_timeout_seconds: float = 10.0
+    body_read_timeout_seconds: float = 10.0
     consumer_batch_size: int = 5_000
     consumer_batch_seconds: float = 0.2
     relay_grace_seconds: float = 10.0
@@ -83,6 +90,10 @@ class Settings:
             max_body_bytes=_int(env, "WOTR_MAX_BODY_BYTES", 1024 * 1024, minimum=64),
             max_batch_bytes=_int(env, "WOTR_MAX_BATCH_BYTES", 16 * 1024 * 1024, minimum=64),
             max_batch_events=_int(env, "WOTR_MAX_BATCH_EVENTS", 10_000),
+            max_headers=_int(env, "WOTR_MAX_HEADERS", 100, minimum=8),
+            max_header_bytes=_int(env, "WOTR_MAX_HEADER_BYTES", 64 * 1024, minimum=1024),
+            header_read_timeout_seconds=_float(env, "WOTR_HEADER_READ_TIMEOUT_SECONDS", 10.0, minimum=0.1),
+            body_read_timeout_seconds=_float(env, "WOTR_BODY_READ_TIMEOUT_SECONDS", 10.0, minimum=0.1),
             consumer_batch_size=_int(env, "WOTR_CONSUMER_BATCH_SIZE", 5_000),
             consumer_batch_seconds=_float(env, "WOTR_CONSUMER_BATCH_SECONDS", 0.2, minimum=0.001),
             relay_grace_seconds=_float(env, "WOTR_RELAY_GRACE_SECONDS", 10.0),

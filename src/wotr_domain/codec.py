@@ -114,8 +114,10 @@ def _steps(data: bytes) -> bytes:
     return b"".join(marks.split(b'"')[0::2]).translate(_TO_STEPS)
 
 
-def _too_deep(what: str) -> InvalidEvent:
-    return InvalidEvent(f"{what} nests deeper than the limit of {MAX_DEPTH} levels (the payload object is level 1)", field="payload")
+def _too_deep() -> InvalidEvent:
+    return InvalidEvent(
+        f"payload nests deeper than the limit of {MAX_DEPTH} levels (the payload object is level 1)", field="payload"
+    )
 
 
 def _bytes(data: bytes | msgspec.Raw) -> bytes:
@@ -145,7 +147,7 @@ def decode_request(data: bytes | msgspec.Raw) -> IngestRequest:
     than `MAX_DEPTH` become `InvalidEvent`."""
     data = _bytes(data)
     if nesting_exceeds(data, _ENVELOPE_DEPTH):
-        raise _too_deep("the event")
+        raise _too_deep()
     try:
         return _request_decoder.decode(data)
     except msgspec.ValidationError as e:
@@ -153,7 +155,7 @@ def decode_request(data: bytes | msgspec.Raw) -> IngestRequest:
     except msgspec.DecodeError as e:
         raise MalformedJson(str(e)) from e
     except RecursionError:  # unreachable within the limit; never let it escape as a 500
-        raise _too_deep("the event") from None
+        raise _too_deep() from None
 
 
 def decode_requests(data: bytes) -> list[msgspec.Raw | bytes]:
@@ -221,10 +223,10 @@ def decode_event(data: bytes) -> Event:
     deeper than `MAX_DEPTH` included)."""
     data = _bytes(data)
     if nesting_exceeds(data, _ENVELOPE_DEPTH):
-        raise _too_deep("the event")
+        raise _too_deep()
     try:
         return _event_decoder.decode(data)
     except (msgspec.ValidationError, msgspec.DecodeError) as e:
         raise InvalidEvent(str(e)) from e
     except RecursionError:
-        raise _too_deep("the event") from None
+        raise _too_deep() from None

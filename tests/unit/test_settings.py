@@ -18,6 +18,16 @@ def test_defaults_are_the_embedded_profile_on_loopback(tmp_path):
     assert (s.bucket, s.topic, s.kafka.dead_letter_topic) == ("raw-data", "ingest-events", "ingest-events.dlq")
 
 
+def test_http_edge_limits_default_and_read_their_variables():
+    s = Settings.from_env({})
+    assert (s.max_headers, s.max_header_bytes, s.header_read_timeout_seconds, s.body_read_timeout_seconds) == (
+        100, 64 * 1024, 10.0, 10.0)
+    s = Settings.from_env({"WOTR_MAX_HEADERS": "50", "WOTR_MAX_HEADER_BYTES": "8192",
+                           "WOTR_HEADER_READ_TIMEOUT_SECONDS": "2.5", "WOTR_BODY_READ_TIMEOUT_SECONDS": "30"})
+    assert (s.max_headers, s.max_header_bytes, s.header_read_timeout_seconds, s.body_read_timeout_seconds) == (
+        50, 8192, 2.5, 30.0)
+
+
 def test_local_profile_reads_the_seed_variables():
     s = Settings.from_env({
         "WOTR_PROFILE": "local", "MINIO_ENDPOINT": "s3.internal:9000", "MINIO_BUCKET": "raw",
@@ -39,6 +49,13 @@ def test_local_profile_reads_the_seed_variables():
         ({"WOTR_PORT": "eighty"}, "WOTR_PORT"),
         ({"WOTR_MAX_BODY_BYTES": "-1"}, "WOTR_MAX_BODY_BYTES"),
         ({"WOTR_CONSUMER_BATCH_SECONDS": "soon"}, "WOTR_CONSUMER_BATCH_SECONDS"),
+        ({"WOTR_MAX_HEADERS": "many"}, "WOTR_MAX_HEADERS"),
+        ({"WOTR_MAX_HEADERS": "2"}, "WOTR_MAX_HEADERS"),
+        ({"WOTR_MAX_HEADER_BYTES": "100"}, "WOTR_MAX_HEADER_BYTES"),
+        ({"WOTR_HEADER_READ_TIMEOUT_SECONDS": "0"}, "WOTR_HEADER_READ_TIMEOUT_SECONDS"),
+        ({"WOTR_HEADER_READ_TIMEOUT_SECONDS": "inf"}, "WOTR_HEADER_READ_TIMEOUT_SECONDS"),
+        ({"WOTR_BODY_READ_TIMEOUT_SECONDS": "nan"}, "WOTR_BODY_READ_TIMEOUT_SECONDS"),
+        ({"WOTR_BODY_READ_TIMEOUT_SECONDS": "-1"}, "WOTR_BODY_READ_TIMEOUT_SECONDS"),
         ({"WOTR_PROFILE": "local", "POSTGRES_PORT": "70000"}, "POSTGRES_PORT"),
         ({"WOTR_PROFILE": "local", "MINIO_ENDPOINT": "http://minio:9000"}, "MINIO_ENDPOINT"),
         ({"WOTR_PROFILE": "local", "KAFKA_PARTITIONS": "0"}, "KAFKA_PARTITIONS"),

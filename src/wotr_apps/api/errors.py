@@ -20,13 +20,45 @@ from wotr_domain.errors import (
     WotrError,
 )
 
-__all__ = ["EXCEPTION_HANDLERS", "RETRY_AFTER_SECONDS", "UnsupportedMediaType", "error_response"]
+__all__ = [
+    "EXCEPTION_HANDLERS",
+    "RETRY_AFTER_SECONDS",
+    "SUPPORTED_CODINGS",
+    "BodyTooLarge",
+    "CorruptBody",
+    "UnsupportedContentEncoding",
+    "UnsupportedMediaType",
+    "error_response",
+]
 
 RETRY_AFTER_SECONDS = 5
+SUPPORTED_CODINGS = "gzip, deflate"  # besides identity (no coding)
 
 
 class UnsupportedMediaType(WotrError):
     """The request's content type is not one the endpoint reads."""
+
+
+class UnsupportedContentEncoding(UnsupportedMediaType):
+    """The request's Content-Encoding is not one the endpoint decodes (RFC 9110 15.5.16:
+    415, with Accept-Encoding naming those it does)."""
+
+    headers = {"Accept-Encoding": SUPPORTED_CODINGS}
+
+
+class CorruptBody(WotrError):
+    """The body does not decode with its declared Content-Encoding (corrupt or truncated)."""
+
+
+class BodyTooLarge(PayloadTooLarge):
+    """The body passed the endpoint's limit, on the wire or once decoded; found while
+    reading, so the rest was not read, and the connection is closed rather than drained."""
+
+    headers = {"Connection": "close"}
+
+    def __init__(self, limit: int, what: str = "the request body") -> None:
+        super().__init__(limit + 1, limit)
+        self.args = (f"{what} exceeds the limit of {limit} bytes",)
 
 
 # (status, code) per error class; the most specific class wins (checked in order).
@@ -34,7 +66,9 @@ _STATUS: list[tuple[type[WotrError], int, str]] = [
     (MalformedJson, 400, "malformed_json"),
     (InvalidId, 400, "invalid_id"),
     (InvalidEvent, 422, "invalid_event"),
+    (CorruptBody, 400, "corrupt_body"),
     (PayloadTooLarge, 413, "payload_too_large"),
+    (UnsupportedContentEncoding, 415, "unsupported_content_encoding"),
     (UnsupportedMediaType, 415, "unsupported_media_type"),
     (NotFound, 404, "not_found"),
     (Conflict, 409, "conflict"),
@@ -53,7 +87,8 @@ def error_response(status: int, code: str, detail: str, field: str | None = None
 def _domain_error(_: Request, exc: WotrError) -> Response:
     for cls, status, code in _STATUS:
         if isinstance(exc, cls):
-            headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if status == 503 else None
+            extra = getattr(exc, "headers", None)  # e.g. Accept-Encoding with a 415, Connection: close with a 413
+            headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if status == 503 else (dict(extra) if extra else None)
             field = exc.field if isinstance(exc, InvalidEvent) else None
             detail = exc.message if isinstance(exc, InvalidEvent) else str(exc)
             return error_response(status, code, detail, field, headers)

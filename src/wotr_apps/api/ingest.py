@@ -1,6 +1,15 @@
-"""`POST /ingest` and `POST /ingest/batch`: decode at the edge, hand to the ingest service."""
+"""`POST /ingest` and `POST /ingest/batch`: read and decode at the edge, hand to the ingest service.
+
+The body is read chunk by chunk and refused (413) as soon as it passes the endpoint's own
+limit, so nothing past the limit is buffered. A `gzip` or `deflate` body is inflated
+under the same limit on its decoded size (a zip bomb stops at limit + 1 bytes); any other
+Content-Encoding is refused (415) before the body is read.
+"""
 
 from __future__ import annotations
+
+import zlib
+from contextlib import aclosing
 
 import anyio.to_thread
 from litestar import Request, Response, post
@@ -11,13 +20,16 @@ from wotr_domain.errors import InvalidEvent, PayloadTooLarge, WotrError
 from wotr_domain.models import BatchItemResult, IngestRequest, Receipt
 from wotr_domain.services import IngestService
 
-from .errors import UnsupportedMediaType
+from .errors import SUPPORTED_CODINGS, BodyTooLarge, CorruptBody, UnsupportedContentEncoding, UnsupportedMediaType
 from .group_commit import GroupCommit
 
-__all__ = ["ingest_batch", "ingest_one", "parse_batch"]
+__all__ = ["inflate", "ingest_batch", "ingest_one", "parse_batch"]
 
 JSON_TYPES = ("application/json",)
 NDJSON_TYPES = ("application/x-ndjson", "application/ndjson", "application/jsonl")
+
+# zlib window bits per content coding: gzip (RFC 1952), deflate = zlib-wrapped (RFC 1950).
+_WBITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 
 
 def _media_type(request: Request) -> str:
@@ -28,14 +40,69 @@ def _is_json(media_type: str) -> bool:
     return media_type in JSON_TYPES or media_type.endswith("+json")
 
 
-async def _body(request: Request, limit: int) -> bytes:
+def _content_coding(request: Request) -> str | None:
+    """The body's content coding (`None`: identity); 415 for any other than gzip or deflate."""
+    values = request.headers.getall("content-encoding", None)
+    if not values:
+        return None
+    codings = [c for v in values for c in (t.strip().lower() for t in v.split(",")) if c and c != "identity"]
+    if not codings:
+        return None
+    if len(codings) == 1 and codings[0] in _WBITS:
+        return codings[0]
+    raise UnsupportedContentEncoding(
+        f"content encoding {', '.join(codings)!r} is not supported: send {SUPPORTED_CODINGS} or identity"
+    )
+
+
+async def _body(request: Request, limit: int) -> tuple[bytes, str | None]:
+    """The raw body and its content coding; 413 as soon as the body passes `limit` bytes
+    (declared or read), without reading the rest."""
+    coding = _content_coding(request)
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(int(declared), limit)
-    body = await request.body()
-    if len(body) > limit:
-        raise PayloadTooLarge(len(body), limit)
-    return body
+        raise BodyTooLarge(limit, f"content-length {declared}")
+    chunks: list[bytes] = []
+    size = 0
+    async with aclosing(request.stream()) as stream:
+        async for chunk in stream:
+            size += len(chunk)
+            if size > limit:
+                raise BodyTooLarge(limit)
+            chunks.append(chunk)
+    return b"".join(chunks), coding
+
+
+def inflate(body: bytes, coding: str, limit: int) -> bytes:
+    """Decode a gzip (several members allowed) or deflate (zlib-wrapped, or raw) body.
+
+    413 once the output passes `limit` bytes: zlib never produces more than limit + 1;
+    400 for a corrupt or truncated body.
+    """
+    wbits = _WBITS[coding]
+    out: list[bytes] = []
+    size = 0
+    data = body
+    while True:
+        inflater = zlib.decompressobj(wbits)
+        try:
+            chunk = inflater.decompress(data, limit - size + 1)
+        except zlib.error as e:
+            if wbits == zlib.MAX_WBITS and not out:  # "deflate" sent as a raw deflate stream
+                wbits = -zlib.MAX_WBITS
+                continue
+            raise CorruptBody(f"the {coding} body is corrupt: {e}") from None
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(limit, f"the {coding}-decoded body")
+        out.append(chunk)
+        if not inflater.eof:
+            raise CorruptBody(f"the {coding} body is truncated")
+        data = inflater.unused_data
+        if not data:
+            return b"".join(out)
+        if wbits != _WBITS["gzip"]:  # only gzip has members one after the other
+            raise CorruptBody(f"the {coding} body has trailing data")
 
 
 @post("/ingest", status_code=202, summary="Ingest one event")
@@ -45,7 +112,8 @@ async def ingest_one(
     group_commit: NamedDependency[GroupCommit],
     limits: NamedDependency[dict],
 ) -> Response[Receipt]:
-    """Body `{"payload": {...}}` with optional `id`, `source`, `type`, `timestamp`.
+    """Body `{"payload": {...}}` with optional `id`, `source`, `type`, `timestamp`;
+    Content-Encoding gzip or deflate accepted.
 
     202 with the receipt for a new event; 200 with the first receipt for a repeated id.
     """
@@ -53,7 +121,8 @@ async def ingest_one(
         media_type = _media_type(request)
         if not _is_json(media_type):
             raise UnsupportedMediaType(f"content type must be application/json, got {media_type or 'none'!r}")
-        event = decode_request(await _body(request, limits["body"]))
+        body, coding = await _body(request, limits["body"])
+        event = decode_request(body if coding is None else inflate(body, coding, limits["body"]))
     except WotrError:
         ingest.note_rejected()
         raise
@@ -61,16 +130,20 @@ async def ingest_one(
     return Response(receipt, status_code=200 if receipt.duplicate else 202)
 
 
-def parse_batch(body: bytes, media_type: str, max_events: int) -> list[IngestRequest | InvalidEvent]:
-    """Split a JSON array or NDJSON body into requests; a bad item becomes its own error."""
-    if _is_json(media_type):
-        raw_items = decode_requests(body)
-    elif media_type in NDJSON_TYPES:
-        raw_items = [line for line in body.splitlines() if line.strip()]
-    else:
+def _check_batch_type(media_type: str) -> None:
+    if not _is_json(media_type) and media_type not in NDJSON_TYPES:
         raise UnsupportedMediaType(
             f"content type must be application/json (array) or application/x-ndjson, got {media_type or 'none'!r}"
         )
+
+
+def parse_batch(body: bytes, media_type: str, max_events: int) -> list[IngestRequest | InvalidEvent]:
+    """Split a JSON array or NDJSON body into requests; a bad item becomes its own error."""
+    _check_batch_type(media_type)
+    if _is_json(media_type):
+        raw_items = decode_requests(body)
+    else:
+        raw_items = [line for line in body.splitlines() if line.strip()]
     if not raw_items:
         raise InvalidEvent("batch is empty")
     if len(raw_items) > max_events:
@@ -79,7 +152,7 @@ def parse_batch(body: bytes, media_type: str, max_events: int) -> list[IngestReq
     for raw in raw_items:
         try:
             items.append(decode_request(raw))
-        except InvalidEvent as e:  # MalformedJson included: one bad line spoils only itself
+        except InvalidEvent as e:  # MalformedJson and too deep included: one bad item spoils only itself
             items.append(e)
     return items
 
@@ -87,18 +160,29 @@ def parse_batch(body: bytes, media_type: str, max_events: int) -> list[IngestReq
 @post("/ingest/batch", status_code=202, summary="Ingest a batch of events (JSON array or NDJSON)")
 async def ingest_batch(request: Request, ingest: NamedDependency[IngestService], limits: NamedDependency[dict]) -> Response[dict]:
     """Per-event results in input order: 202 when every event was accepted, 207 when some
-    were rejected, 422 when none was."""
+    were rejected, 422 when none was. Content-Encoding gzip or deflate accepted."""
     try:
-        body = await _body(request, limits["batch_bytes"])
-        items = parse_batch(body, _media_type(request), limits["batch_events"])
+        media_type = _media_type(request)
+        _check_batch_type(media_type)
+        body, coding = await _body(request, limits["batch_bytes"])
     except WotrError:
         ingest.note_rejected()
         raise
-    results: list[BatchItemResult] = await anyio.to_thread.run_sync(ingest.ingest_batch, items)
+
+    def parse_and_ingest() -> list[BatchItemResult]:
+        # In a worker thread: inflating and splitting up to 16 MiB stays off the event loop.
+        try:
+            plain = body if coding is None else inflate(body, coding, limits["batch_bytes"])
+            items = parse_batch(plain, media_type, limits["batch_events"])
+        except WotrError:
+            ingest.note_rejected()
+            raise
+        return ingest.ingest_batch(items)
+
+    results = await anyio.to_thread.run_sync(parse_and_ingest)
     rejected = sum(1 for r in results if r.error is not None)
     status = 202 if rejected == 0 else (422 if rejected == len(results) else 207)
     return Response(
         {"accepted": len(results) - rejected, "rejected": rejected, "results": results},
         status_code=status,
     )
-
