@@ -173,8 +173,7 @@ def bus_messages(n: int) -> list[tuple[bytes, bytes, list]]:
     from wotr_domain.codec import encode
     from wotr_domain.ids import new_event_id
     from wotr_domain.models import Event
-    from wotr_domain.archive import object_key_for
-    from wotr_domain.services.ingest import bus_message_for
+    from wotr_domain.archive import bus_message_for, object_key_for
 
     now = datetime.now(UTC)
     out = []

@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
+from wotr_domain.archive import dead_letter_for, dead_letter_topic
 from wotr_domain.errors import Unavailable
 from wotr_domain.models import BusMessage, Delivery
 
@@ -61,7 +62,7 @@ class KafkaEventBus:
         consumer_config: dict[str, Any] | None = None,
     ) -> None:
         self.topic = topic
-        self.dead_letter_topic = f"{topic}.dlq"
+        self.dead_letter_topic = dead_letter_topic(topic)
         self.partitions = partitions
         self.replication = replication
         self.delivery_timeout = delivery_timeout
@@ -396,12 +397,7 @@ class KafkaSubscription:
         return {p: max(0, end - (committed[p] if committed.get(p, -1) >= 0 else starts.get(p, 0))) for p, end in ends.items()}
 
     def dead_letter(self, delivery: Delivery, reason: str) -> None:
-        headers = dict(delivery.headers) | {
-            "dlq-reason": reason,
-            "dlq-source": f"{delivery.topic}/{delivery.partition}/{delivery.offset}",
-        }
-        message = BusMessage(key=delivery.key or "", value=delivery.value, headers=headers)
-        self._bus._send(self._bus.dead_letter_topic, [message])
+        self._bus._send(self._bus.dead_letter_topic, [dead_letter_for(delivery, reason)])
 
     def close(self) -> None:
         from confluent_kafka import KafkaException

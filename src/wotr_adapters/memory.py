@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 
 import msgspec
 
+from wotr_domain.archive import dead_letter_for, dead_letter_topic
 from wotr_domain.codec import sha256_hex
 from wotr_domain.errors import NotFound, Refused, Unavailable
 from wotr_domain.models import AnalyticsRow, BusMessage, Delivery, EventMetadata, EventStatus, ObjectRef, Recorded
@@ -89,7 +90,7 @@ class InMemoryEventBus(_Switchable):
     def __init__(self, topic: str = "ingest-events") -> None:
         super().__init__()
         self.topic = topic
-        self.dead_letter_topic = f"{topic}.dlq"
+        self.dead_letter_topic = dead_letter_topic(topic)
         self.logs: dict[str, list[BusMessage]] = {topic: [], self.dead_letter_topic: []}
         self.committed: dict[str, int] = {}
 
@@ -138,8 +139,7 @@ class _InMemorySubscription:
     def dead_letter(self, delivery: Delivery, reason: str) -> None:
         with self._bus._lock:
             self._bus._up()
-            headers = dict(delivery.headers) | {"dlq-reason": reason, "dlq-source": f"{delivery.topic}/{delivery.partition}/{delivery.offset}"}
-            self._bus.logs[self._bus.dead_letter_topic].append(BusMessage(key=delivery.key or "", value=delivery.value, headers=headers))
+            self._bus.logs[self._bus.dead_letter_topic].append(dead_letter_for(delivery, reason))
 
     def lag(self) -> dict[int, int]:
         with self._bus._lock:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import msgspec
 
+from wotr_domain.archive import dead_letter_for, dead_letter_topic
 from wotr_domain.models import BusMessage, Delivery
 
 from .sqlite_db import SqliteDatabase
@@ -45,7 +46,7 @@ class SqliteEventBus:
     def __init__(self, path: str | Path, topic: str = "ingest-events") -> None:
         self._db = SqliteDatabase(path, name="event bus", schema=_SCHEMA)
         self.topic = topic
-        self.dead_letter_topic = f"{topic}.dlq"
+        self.dead_letter_topic = dead_letter_topic(topic)
         self._arrived = threading.Condition()
 
     def start(self) -> None:
@@ -122,11 +123,7 @@ class _SqliteSubscription:
             )
 
     def dead_letter(self, delivery: Delivery, reason: str) -> None:
-        headers = dict(delivery.headers) | {
-            "dlq-reason": reason,
-            "dlq-source": f"{delivery.topic}/{delivery.partition}/{delivery.offset}",
-        }
-        self._bus._append(self._bus.dead_letter_topic, [BusMessage(key=delivery.key or "", value=delivery.value, headers=headers)])
+        self._bus._append(self._bus.dead_letter_topic, [dead_letter_for(delivery, reason)])
 
     def lag(self) -> dict[int, int]:
         rows = self._bus._db.query(

@@ -1,4 +1,5 @@
-"""The raw archive's policy: where an event's bytes go, how to find them, how to trust them.
+"""Where an event's bytes go and how they travel: the archive's keys and lines, the bus
+message that carries them, and the dead letter that parks a message no one can load.
 
 Keys. An archive write never reuses a key, so no write can overwrite another's bytes:
 
@@ -14,6 +15,11 @@ the event's bytes. Whatever races with it, the attempt whose metadata row was re
 first is the event; the other attempts' objects are removed, and an object (or a line)
 that no metadata row names is not an event. Readers of the archive take an event's
 bytes only through `event_bytes`, which verifies the checksum.
+
+Bus message. The bus carries exactly the archived bytes, keyed by event id, with headers
+naming the id, the object and (for an NDJSON object) the line. A dead letter is the
+original message with two more headers: `dlq-reason` and `dlq-source`
+(`topic/partition/offset`), on the topic `<topic>.dlq`.
 
 Content fingerprint. A client's retry carries the same content but is archived with
 its own reception time, so archived bytes cannot tell a retry from a different event
@@ -31,15 +37,19 @@ import msgspec
 
 from .errors import NotFound, WotrError
 from .ids import new_event_id
-from .models import EventMetadata
+from .models import BusMessage, Delivery, EventMetadata
 
 __all__ = [
     "ChecksumMismatch",
     "batch_key_for",
+    "bus_message_for",
+    "dead_letter_for",
+    "dead_letter_topic",
     "event_bytes",
     "fingerprint",
     "line_of",
     "object_key_for",
+    "where",
 ]
 
 
@@ -112,3 +122,24 @@ def fingerprint(
 ) -> str:
     """SHA-256 of what the client sent, independent of reception time and key order."""
     return hashlib.sha256(_canonical(_Content(event_id, payload, source, type, timestamp))).hexdigest()
+
+
+def bus_message_for(event_id: str, body: bytes, object_key: str, line: int | None = None) -> BusMessage:
+    """The bus carries the archived bytes, keyed by id; headers name the id and the object."""
+    headers = {"content-type": "application/json", "event-id": event_id, "object-key": object_key}
+    if line is not None:
+        headers["object-line"] = str(line)
+    return BusMessage(key=event_id, value=body, headers=headers)
+
+
+def dead_letter_topic(topic: str) -> str:
+    return f"{topic}.dlq"
+
+
+def dead_letter_for(delivery: Delivery, reason: str) -> BusMessage:
+    """The message as it came, plus why it was parked and where it came from."""
+    headers = dict(delivery.headers) | {
+        "dlq-reason": reason,
+        "dlq-source": f"{delivery.topic}/{delivery.partition}/{delivery.offset}",
+    }
+    return BusMessage(key=delivery.key or "", value=delivery.value, headers=headers)

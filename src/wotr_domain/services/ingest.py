@@ -19,13 +19,12 @@ from datetime import UTC, datetime, timedelta
 
 import msgspec
 
-from ..archive import batch_key_for, fingerprint, object_key_for
+from ..archive import batch_key_for, bus_message_for, fingerprint, object_key_for
 from ..codec import encode, sha256_hex
 from ..errors import Conflict, InvalidEvent, PayloadTooLarge, Refused, Unavailable, WotrError
 from ..ids import new_event_id, validate_event_id
 from ..models import (
     BatchItemResult,
-    BusMessage,
     Event,
     EventMetadata,
     EventStatus,
@@ -35,7 +34,7 @@ from ..models import (
 from ..ports import EventBus, MetadataRepo, ObjectStore
 from .observer import IngestObserver, NullObserver
 
-__all__ = ["IngestService", "bus_message_for", "validate_text_field", "validate_timestamp"]
+__all__ = ["IngestService", "validate_text_field", "validate_timestamp"]
 
 log = logging.getLogger(__name__)
 
@@ -68,14 +67,6 @@ def validate_timestamp(value: datetime | None) -> None:
     aware = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
     if not EARLIEST_TIMESTAMP <= aware <= LATEST_TIMESTAMP:
         raise InvalidEvent("timestamp must be between 1900-01-01 and 2299-12-31 (UTC)", field="timestamp")
-
-
-def bus_message_for(event_id: str, body: bytes, object_key: str, line: int | None = None) -> BusMessage:
-    """The bus carries the archived bytes, keyed by id; headers name the id and the object."""
-    headers = {"content-type": "application/json", "event-id": event_id, "object-key": object_key}
-    if line is not None:
-        headers["object-line"] = str(line)
-    return BusMessage(key=event_id, value=body, headers=headers)
 
 
 class _Prepared(msgspec.Struct, frozen=True):

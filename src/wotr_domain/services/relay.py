@@ -16,11 +16,11 @@ import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
-from ..archive import ChecksumMismatch, event_bytes, where
+from ..archive import ChecksumMismatch, bus_message_for, event_bytes, where
 from ..errors import NotFound
 from ..models import BusMessage
 from ..ports import EventBus, MetadataRepo, ObjectStore
-from .ingest import bus_message_for, utcnow
+from .ingest import utcnow
 from .observer import NullObserver, RelayObserver
 
 __all__ = ["OutboxRelay"]
