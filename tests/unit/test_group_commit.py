@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from wotr_apps.api.group_commit import GroupCommit
+from wotr_domain.services import GroupCommit
 from wotr_domain.errors import InvalidId, Unavailable
 from wotr_domain.models import EventStatus, IngestRequest
 

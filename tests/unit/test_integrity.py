@@ -15,7 +15,7 @@ import pytest
 from litestar.testing import TestClient
 
 from wotr_apps.api import create_app
-from wotr_apps.api.group_commit import GroupCommit
+from wotr_domain.services import GroupCommit
 from wotr_apps.container import build_container
 from wotr_apps.settings import Settings
 from wotr_domain.archive import ChecksumMismatch, event_bytes, fingerprint

@@ -25,7 +25,7 @@ from ..etl.history import RunHistory
 from ..telemetry import Telemetry
 from ..workers import WorkerThread
 from .errors import EXCEPTION_HANDLERS
-from .group_commit import GroupCommit
+from wotr_domain.services import GroupCommit
 from .ingest import ingest_batch, ingest_one
 from .metrics import metrics_route
 from .queries import event_metadata, health, latest_rows, ready

@@ -21,7 +21,7 @@ from wotr_domain.models import BatchItemResult, IngestRequest, Receipt
 from wotr_domain.services import IngestService
 
 from .errors import SUPPORTED_CODINGS, BodyTooLarge, CorruptBody, UnsupportedContentEncoding, UnsupportedMediaType
-from .group_commit import GroupCommit
+from wotr_domain.services import GroupCommit
 
 __all__ = ["inflate", "ingest_batch", "ingest_one", "parse_batch"]
 

@@ -1,6 +1,7 @@
-"""Application services: ingest, analytics loading and the outbox relay."""
+"""Application services: ingest (and its group-commit policy), analytics loading and the outbox relay."""
 
 from ..archive import object_key_for
+from .group_commit import GroupCommit
 from .ingest import IngestService
 from .loader import AnalyticsLoader, LoadOutcome, decode_batch
 from .observer import IngestObserver, LoaderObserver, NullObserver, RelayObserver
@@ -8,6 +9,7 @@ from .relay import OutboxRelay
 
 __all__ = [
     "AnalyticsLoader",
+    "GroupCommit",
     "IngestObserver",
     "IngestService",
     "LoadOutcome",
