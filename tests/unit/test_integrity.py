@@ -245,3 +245,4 @@ def test_the_filesystem_store_makes_new_directories_and_renames_durable(tmp_path
     synced.clear()
     store.put("raw/dt=2026-01-01/b.json", b"{}")  # existing directory: only the rename's
     assert [p for kind, p in synced if kind == "dir"] == [f"{root}/raw/dt=2026-01-01"]
+
