@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import msgspec
 
@@ -32,6 +32,7 @@ from ..models import (
     Receipt,
 )
 from ..ports import EventBus, MetadataRepo, ObjectStore
+from .breaker import Breaker
 from .observer import IngestObserver, NullObserver
 
 __all__ = ["IngestService", "validate_text_field", "validate_timestamp"]
@@ -118,8 +119,7 @@ class IngestService:
         observer: IngestObserver | None = None,
         publish_pause: float = 5.0,
     ) -> None:
-        self._publish_pause = publish_pause
-        self._publish_paused_until: datetime | None = None
+        self._publish_breaker = Breaker(publish_pause, clock)
         self._store = store
         self._repo = repo
         self._bus = bus
@@ -293,17 +293,17 @@ class IngestService:
         """
         if not accepted:
             return set()
-        if self._publish_paused_until is not None and self._clock() < self._publish_paused_until:
+        if self._publish_breaker.open:
             self._observer.publish_deferred(len(accepted))
             return set()
         try:
             self._bus.publish([bus_message_for(r.id, p.body, r.object_key, r.line) for p, r in accepted])
         except Unavailable as e:
             log.warning("publish deferred to the outbox relay for %d event(s): %s", len(accepted), e)
-            self._publish_paused_until = self._clock() + timedelta(seconds=self._publish_pause)
+            self._publish_breaker.failed()
             self._observer.publish_deferred(len(accepted))
             return set()
-        self._publish_paused_until = None
+        self._publish_breaker.succeeded()
         self._observer.published(len(accepted))
         ids = [r.id for _, r in accepted]
         try:
