@@ -6,6 +6,7 @@ from .ingest import IngestService
 from .loader import AnalyticsLoader, LoadOutcome, decode_batch
 from .observer import IngestObserver, LoaderObserver, NullObserver, RelayObserver
 from .relay import OutboxRelay
+from .replay import Replay, ReplayReport
 
 __all__ = [
     "AnalyticsLoader",
@@ -17,6 +18,8 @@ __all__ = [
     "NullObserver",
     "OutboxRelay",
     "RelayObserver",
+    "Replay",
+    "ReplayReport",
     "decode_batch",
     "object_key_for",
 ]
