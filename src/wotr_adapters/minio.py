@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from wotr_domain.codec import sha256_hex
 from wotr_domain.errors import NotFound, Unavailable
 from wotr_domain.models import ObjectRef
 
 from .connections import S3Connection
+
+if TYPE_CHECKING:
+    from minio import Minio
+    from minio.datatypes import Object
 
 __all__ = ["MinioObjectStore", "minio_client"]
 
@@ -31,7 +35,7 @@ def minio_client(
     read_timeout: float = 30.0,
     retries: int = 2,
     max_connections: int = 16,
-) -> Any:
+) -> Minio:
     """A `Minio` client whose urllib3 pool gives up quickly when the server is down."""
     import certifi
     import urllib3
@@ -70,7 +74,7 @@ def _driver_errors() -> tuple[type[BaseException], ...]:
 class MinioObjectStore:
     """Objects in one bucket; `start()` creates the bucket when it is missing."""
 
-    def __init__(self, client: Any, bucket: str) -> None:
+    def __init__(self, client: Minio, bucket: str) -> None:
         self._client = client
         self.bucket = bucket
         self._errors = _driver_errors()
@@ -152,7 +156,7 @@ class MinioObjectStore:
             return iter(())
         return self._rest(prefix, first.object_name, objects)
 
-    def _rest(self, prefix: str, first: str, objects: Iterator[Any]) -> Iterator[str]:
+    def _rest(self, prefix: str, first: str, objects: Iterator[Object]) -> Iterator[str]:
         yield first
         while (item := self._call(f"list {prefix}", next, objects, None)) is not None:
             yield item.object_name

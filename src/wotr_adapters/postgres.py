@@ -11,12 +11,17 @@ import logging
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING
 
 from wotr_domain.errors import NotFound, Refused, Unavailable
 from wotr_domain.models import EventMetadata, EventStatus, Recorded
 
 from .connections import PostgresConnection
+
+if TYPE_CHECKING:
+    from psycopg import Cursor
+    from psycopg.rows import TupleRow
+    from psycopg_pool import ConnectionPool
 
 __all__ = ["PostgresMetadataRepo", "postgres_pool"]
 
@@ -72,7 +77,7 @@ def postgres_pool(
     max_size: int = 8,
     timeout: float = 5.0,
     connect_timeout: int = 3,
-) -> Any:
+) -> ConnectionPool:
     """An unopened pool whose sessions run in UTC; `timeout` bounds the wait for a connection."""
     from psycopg_pool import ConnectionPool
 
@@ -106,11 +111,13 @@ class PostgresMetadataRepo:
     a pool that failed to open cannot be reopened.
     """
 
-    def __init__(self, pool: Any | Callable[[], Any], *, schema: str = "public", start_timeout: float = 10.0) -> None:
+    def __init__(
+        self, pool: ConnectionPool | Callable[[], ConnectionPool], *, schema: str = "public", start_timeout: float = 10.0
+    ) -> None:
         from psycopg import sql
 
         self._make_pool = pool if callable(pool) else None
-        self._pool = None if callable(pool) else pool
+        self._pool: ConnectionPool | None = None if callable(pool) else pool
         self.schema = schema
         self.start_timeout = start_timeout
         self._sql = sql
@@ -178,7 +185,7 @@ class PostgresMetadataRepo:
             return str(e).strip()
         return "connection pool did not fill"
 
-    def _migrate(self, cur: Any) -> None:
+    def _migrate(self, cur: Cursor[TupleRow]) -> None:
         sql = self._sql
         schema = sql.Identifier(self.schema)
         cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"wotr-metadata-migrations:{self.schema}",))
@@ -206,7 +213,7 @@ class PostgresMetadataRepo:
             cur.execute("SELECT 1")
 
     @contextmanager
-    def _cursor(self, *, timeout: float | None = None) -> Iterator[Any]:
+    def _cursor(self, *, timeout: float | None = None) -> Iterator[Cursor[TupleRow]]:
         """A cursor in one transaction on a pooled connection (committed when the block
         ends, rolled back on error).
 
