@@ -1,4 +1,10 @@
-"""The `wotr` command: serve, consume, relay, ingest samples, and run the native stack."""
+"""The `wotr` command: serve, consume, relay, ingest samples, the ETL.
+
+Other packages add subcommands through the `wotr.commands` entry point group: each entry
+names a `main(argv) -> int`, called with the arguments after the subcommand. The testing
+package (`wotr[testing]`) registers `stack`, the native service stack; the runtime never
+imports it.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,7 @@ import argparse
 import logging
 import subprocess
 import sys
+from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 
 from wotr_domain.errors import ConfigError, Unavailable
@@ -14,8 +21,33 @@ __all__ = ["main"]
 
 METRICS_PORTS = {"consume": 9464, "relay": 9465}
 
+BUILTIN_COMMANDS = frozenset({"serve", "consume", "relay", "ingest", "etl", "bench"})
+COMMANDS_GROUP = "wotr.commands"
+# Subcommands other packages provide: their help, and the extra that installs them.
+KNOWN_COMMANDS = {"stack": ("the native local stack: up | down | status | logs ...", "testing")}
 
-def _parser() -> argparse.ArgumentParser:
+
+def _registered_commands() -> dict[str, EntryPoint]:
+    """Subcommands registered in the `wotr.commands` entry point group, by name."""
+    return {ep.name: ep for ep in entry_points(group=COMMANDS_GROUP)}
+
+
+def _run_registered(name: str, entry: EntryPoint | None, argv: list[str]) -> int:
+    """Run a registered subcommand; say in one line which extra to install when it is missing."""
+    problem = "not installed"
+    if entry is not None:
+        try:
+            command = entry.load()
+        except ImportError as e:
+            problem = f"cannot load {entry.value} ({e})"
+        else:
+            return command(argv)
+    hint = f"; install the extra: pip install 'wotr[{KNOWN_COMMANDS[name][1]}]'" if name in KNOWN_COMMANDS else ""
+    print(f"wotr {name}: {problem}{hint}", file=sys.stderr)
+    return 2
+
+
+def _parser(registered: dict[str, EntryPoint] | None = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="wotr", description="wotr event-ingestion platform")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -40,11 +72,18 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("etl", help="raw JSON archive -> curated Parquet (PySpark); `wotr etl --help` for options",
                    add_help=False)
 
+    sub.add_parser("replay", help="republish archived events of a date range, verified; `wotr replay --help`",
+                   add_help=False)
+
     sub.add_parser("bench", help="measure every hop beside its ceiling (source checkout; `wotr bench --help`)",
                    add_help=False)
 
-    stack = sub.add_parser("stack", help="the native local stack: up | down | status | logs ...", add_help=False)
-    stack.add_argument("args", nargs=argparse.REMAINDER)
+    # Listed for the help only: main() hands them their arguments before parsing.
+    for name in sorted({*KNOWN_COMMANDS, *(registered or {})}):
+        text = KNOWN_COMMANDS[name][0] if name in KNOWN_COMMANDS else f"from {registered[name].value}"
+        if registered is not None and name not in registered:
+            text += f" (needs wotr[{KNOWN_COMMANDS[name][1]}])"
+        sub.add_parser(name, help=text, add_help=False)
     return p
 
 
@@ -56,17 +95,23 @@ def main(argv: list[str] | None = None) -> int:
             print("wotr bench: run it from a source checkout (bench/ not found next to src/)", file=sys.stderr)
             return 2
         return subprocess.call([sys.executable, "-m", "bench", *argv[1:]], cwd=root)
+    if argv[:1] == ["replay"]:  # its own options (--since, --until, --source, --topic, --rate, --dry-run)
+        from .replay_cli import main as replay_main
+
+        return replay_main(argv[1:])
     if argv[:1] == ["etl"]:  # the ETL parses its own options (--date, --since, --history, --bench)
         from .etl.cli import main as etl_main
 
         return etl_main(argv[1:])
-    args = _parser().parse_args(argv)
+    command = argv[0] if argv else ""
+    registered = None
+    if command not in BUILTIN_COMMANDS:  # another package's subcommand, the help, or a mistake
+        registered = _registered_commands()
+        if command in registered or command in KNOWN_COMMANDS:
+            return _run_registered(command, registered.get(command), argv[1:])
+    args = _parser(registered).parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    if args.command == "stack":
-        from .stack.cli import main as stack_main
-
-        return stack_main(args.args)
     if args.command == "ingest":
         from .sample import send_samples
 

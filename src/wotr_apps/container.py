@@ -18,7 +18,7 @@ from wotr_adapters.filesystem import FilesystemObjectStore
 from wotr_adapters.memory import InMemoryAnalyticsSink, InMemoryEventBus, InMemoryMetadataRepo, InMemoryObjectStore
 from wotr_adapters.sqlite_bus import SqliteEventBus
 from wotr_adapters.sqlite_metadata import SqliteMetadataRepo
-from wotr_domain.services import AnalyticsLoader, IngestService, OutboxRelay
+from wotr_domain.services import AnalyticsLoader, IngestService, OutboxRelay, Replay
 
 from .settings import Settings
 
@@ -151,6 +151,8 @@ class Container(containers.DeclarativeContainer):
         grace=providers.Callable(lambda s: timedelta(seconds=s.relay_grace_seconds), settings),
         observer=providers.Callable(lambda o: o and o.relay, observers),
     )
+
+    replay = providers.Factory(Replay, metadata_repo, object_store, event_bus)
 
 
 def build_container(settings: Settings | None = None, observers: Any = None) -> Container:
