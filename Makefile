@@ -19,7 +19,8 @@ $(RUN_STAMP): pyproject.toml | $(VENV)/bin/python
 	$(PY) -m pip install --quiet -e '.[api,embedded,telemetry]'
 	touch $(RUN_STAMP)
 
-# Everything: every adapter's driver, Spark, and the test tools.
+# Everything: every adapter's driver, Spark, and the test tools; `test` includes the
+# `testing` extra (src/wotr_testing: the pytest plugin and the native stack, `wotr stack`).
 $(STAMP): pyproject.toml | $(VENV)/bin/python
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $(STAMP) $(RUN_STAMP)

@@ -49,13 +49,13 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval
 
 def ensure_stack(timeout: float = 900) -> dict[str, str]:
     """`wotr stack up` (idempotent: a running, healthy stack is left alone); returns its exports."""
-    out = subprocess.run([PY, "-m", "wotr_apps.cli", "stack", "up"], capture_output=True, text=True,
+    out = subprocess.run([PY, "-m", "wotr_testing.stack", "up"], capture_output=True, text=True,
                          timeout=timeout, cwd=REPO)
     exports = dict(re.findall(r"^export (\w+)=(.*)$", out.stdout, re.M))
     if out.returncode != 0:
         # A service answering on its port but started by someone else (another checkout's
         # stack, a test) makes `up` refuse; the benchmark only needs the endpoints to answer.
-        env = subprocess.run([PY, "-m", "wotr_apps.cli", "stack", "env"], capture_output=True, text=True,
+        env = subprocess.run([PY, "-m", "wotr_testing.stack", "env"], capture_output=True, text=True,
                              timeout=60, cwd=REPO)
         exports = dict(re.findall(r"^export (\w+)=(.*)$", env.stdout, re.M))
         down = [name for name in ("KAFKA_BOOTSTRAP", "MINIO_ENDPOINT") if not _answers(exports.get(name, ""))]
@@ -246,19 +246,20 @@ class Namespace:
         return f"{self.name}-analytics"
 
     def s3(self):
-        from wotr_adapters.connections import S3Connection
+        from wotr_apps.settings import Settings
 
-        return S3Connection.from_env({**self.stack, "MINIO_BUCKET": self.bucket})
+        return Settings.from_env({**self.stack, "MINIO_BUCKET": self.bucket}, profile="local").s3
 
     def kafka(self, topic: str | None = None, group: str | None = None):
-        from wotr_adapters.connections import KafkaConnection
+        from wotr_apps.settings import Settings
 
-        return KafkaConnection.from_env({**self.stack, "KAFKA_TOPIC": topic or self.topic, "KAFKA_GROUP": group or self.group})
+        return Settings.from_env({**self.stack, "KAFKA_TOPIC": topic or self.topic, "KAFKA_GROUP": group or self.group},
+                                 profile="local").kafka
 
     def postgres(self):
-        from wotr_adapters.connections import PostgresConnection
+        from wotr_apps.settings import Settings
 
-        return PostgresConnection.from_env({**self.stack, "POSTGRES_SCHEMA": self.schema})
+        return Settings.from_env({**self.stack, "POSTGRES_SCHEMA": self.schema}, profile="local").postgres
 
     def env(self, role: str, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("WOTR_", "CLICKHOUSE_", "MINIO_", "KAFKA_", "POSTGRES_"))}

@@ -165,7 +165,7 @@ class ClickHouseAnalyticsSink:
 
     def __init__(self, client: Any, database: str = "wotr") -> None:
         if not _IDENT.fullmatch(database):
-            raise ConfigError("CLICKHOUSE_DB", f"must be a plain identifier, got {database!r}")
+            raise ConfigError("the ClickHouse database", f"must be a plain identifier, got {database!r}")
         self._client = client
         self._db = database
         self._table = f"{database}.{TABLE}"

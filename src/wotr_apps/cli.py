@@ -21,7 +21,7 @@ __all__ = ["main"]
 
 METRICS_PORTS = {"consume": 9464, "relay": 9465}
 
-BUILTIN_COMMANDS = frozenset({"serve", "consume", "relay", "ingest", "etl", "bench"})
+BUILTIN_COMMANDS = frozenset({"serve", "consume", "relay", "ingest", "etl", "replay", "bench"})
 COMMANDS_GROUP = "wotr.commands"
 # Subcommands other packages provide: their help, and the extra that installs them.
 KNOWN_COMMANDS = {"stack": ("the native local stack: up | down | status | logs ...", "testing")}

@@ -1,52 +1,291 @@
-"""Process settings, read once from the environment and validated at start-up.
+"""Process settings: every environment variable wotr reads, declared once and read once.
+
+`VARIABLES` is the one declaration: each `Variable` has its name, its default (the text
+used when it is unset), the parser that turns the text into a value, a line of help and
+the settings field it fills (`port`, `s3.endpoint`, ...). `Settings.from_env` reads them
+all at start-up; a value its parser refuses stops the process with a `ConfigError` that
+names the variable. Adapters receive plain values (the connection types of
+`wotr_adapters.connections`) and never see a variable name. The README's Configuration
+table is checked against this declaration (tests/unit/test_settings.py).
 
 Profiles choose the adapters: `memory` (all in-process, nothing durable), `embedded`
 (the default: files, SQLite and the in-process ClickHouse engine under WOTR_DATA_DIR)
 and `local` (MinIO/S3, Kafka, PostgreSQL and ClickHouse servers, seed variable names).
+The servers' variables are read on the `local` profile only (ClickHouse's on every
+profile but `memory`); elsewhere their defaults stand.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from wotr_adapters.connections import ClickHouseConnection, KafkaConnection, PostgresConnection, S3Connection
 from wotr_domain.errors import ConfigError
 
-__all__ = ["PROFILES", "Settings"]
+__all__ = ["PROFILES", "VARIABLES", "Settings", "Variable", "variable"]
 
 PROFILES = ("memory", "embedded", "local")
 
+STACK_HOME = "~/.local/share/wotr-stack"  # the native stack's home (wotr_testing.stack) unless WOTR_STACK_HOME
 
-def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
-    raw = (env.get(name) or "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(name, f"must be an integer, got {raw!r}") from None
-    if value < minimum:
-        raise ConfigError(name, f"must be at least {minimum}, got {value}")
+
+# -- parsers: the variable's text -> its value; ValueError(problem) when it is not acceptable
+
+
+def _profile(raw: str) -> str:
+    value = raw.strip().lower()
+    if value not in PROFILES:
+        raise ValueError(f"must be one of {', '.join(PROFILES)}, got {value!r}")
     return value
 
 
-def _float(env: Mapping[str, str], name: str, default: float, minimum: float = 0.0) -> float:
-    raw = (env.get(name) or "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(name, f"must be a number, got {raw!r}") from None
-    if not math.isfinite(value):
-        raise ConfigError(name, f"must be a finite number, got {raw!r}")
-    if value < minimum:
-        raise ConfigError(name, f"must be at least {minimum}, got {value}")
+def _integer(minimum: int) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw.strip())
+        except ValueError:
+            raise ValueError(f"must be an integer, got {raw.strip()!r}") from None
+        if value < minimum:
+            raise ValueError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def _number(minimum: float) -> Callable[[str], float]:
+    def parse(raw: str) -> float:
+        text = raw.strip()
+        try:
+            value = float(text)
+        except ValueError:
+            raise ValueError(f"must be a number, got {text!r}") from None
+        if not math.isfinite(value):
+            raise ValueError(f"must be a finite number, got {text!r}")
+        if value < minimum:
+            raise ValueError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def _stripped(raw: str) -> str:
+    return raw.strip()
+
+
+def _path(raw: str) -> Path:
+    return Path(raw.strip()).expanduser().resolve()
+
+
+def _text(raw: str) -> str:
+    value = raw.strip()
+    if not value:
+        raise ValueError("must be set to a non-empty value")
     return value
+
+
+def _verbatim(raw: str) -> str:
+    return raw
+
+
+def _endpoint(raw: str) -> str:
+    value = _text(raw)
+    if "://" in value or "/" in value:
+        raise ValueError(f"must be host:port without scheme or path, got {value!r}")
+    return value
+
+
+def _port(raw: str) -> int:
+    try:
+        port = int(raw)
+    except ValueError:
+        raise ValueError(f"must be a port number, got {raw!r}") from None
+    if not 0 < port < 65536:
+        raise ValueError(f"must be between 1 and 65535, got {port}")
+    return port
+
+
+def _partitions(raw: str) -> int:
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise ValueError(f"must be a positive integer, got {raw.strip()!r}") from None
+    if value < 1:
+        raise ValueError(f"must be a positive integer, got {value}")
+    return value
+
+
+def _flag(raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError(f"must be true or false, got {raw!r}")
+
+
+def _sql_identifier(raw: str) -> str:
+    value = _text(raw)
+    if not value.replace("_", "a").isalnum() or value[0].isdigit():
+        raise ValueError(f"must be a plain SQL identifier, got {value!r}")
+    return value
+
+
+_ASCII_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _ascii_identifier(raw: str) -> str:
+    value = _text(raw)
+    if not _ASCII_IDENTIFIER.fullmatch(value):
+        raise ValueError(f"must be a plain identifier, got {value!r}")
+    return value
+
+
+def _dsn(raw: str) -> str:
+    value = raw.strip()
+    if not value.startswith(("chdb://", "clickhouse://", "http://", "https://")):
+        raise ValueError(f"must start with chdb://, clickhouse://, http:// or https://, got {value!r}")
+    return value
+
+
+# -- the declaration -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Variable:
+    """One environment variable: its name, default text, parser, help, and the field it fills.
+
+    `target` is a `Settings` field (`port`) or a field of one of its connections
+    (`s3.endpoint`). `default` is the text used when the variable is unset, or None when
+    the value is derived (see `Settings.from_env`). A variable set to blank text counts as
+    unset unless `blank_is_unset` is false (the servers' names: blank there is a mistake).
+    """
+
+    name: str
+    default: str | None
+    parse: Callable[[str], Any]
+    help: str
+    target: str
+    blank_is_unset: bool = True
+
+    @property
+    def section(self) -> str:
+        """`""` for a plain setting, else the connection it belongs to (`s3`, `kafka`, ...)."""
+        return self.target.rpartition(".")[0]
+
+    def given(self, env: Mapping[str, str] | None = None) -> bool:
+        raw = (os.environ if env is None else env).get(self.name)
+        return raw is not None and (raw.strip() != "" or not self.blank_is_unset)
+
+    def read(self, env: Mapping[str, str] | None = None) -> Any:
+        """The value `env` (default: the process environment) gives; ConfigError naming it if invalid."""
+        raw = (os.environ if env is None else env).get(self.name)
+        if raw is None or (self.blank_is_unset and raw.strip() == ""):
+            if self.default is None:
+                return None
+            raw = self.default
+        try:
+            return self.parse(raw)
+        except ValueError as e:
+            raise ConfigError(self.name, str(e)) from None
+
+
+def _default(cls: type, name: str) -> str:
+    """The text form of a connection field's default: the value types keep the defaults."""
+    value = getattr(cls(), name)
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _server(cls: type, section: str, name: str, attr: str, parse: Callable[[str], Any], help: str) -> Variable:
+    return Variable(name, _default(cls, attr), parse, help, f"{section}.{attr}", blank_is_unset=False)
+
+
+VARIABLES: tuple[Variable, ...] = (
+    Variable("WOTR_PROFILE", "embedded", _profile, "memory, embedded or local: which adapters run", "profile"),
+    Variable("WOTR_DATA_DIR", ".wotr", _path, "the embedded profile's data directory", "data_dir"),
+    Variable("WOTR_HOST", "127.0.0.1", _stripped, "API listen address", "host"),
+    Variable("WOTR_PORT", "8000", _integer(0), "API listen port", "port"),
+    Variable("WOTR_MAX_BODY_BYTES", str(1024 * 1024), _integer(64), "size limit of one event", "max_body_bytes"),
+    Variable("WOTR_MAX_BATCH_BYTES", str(16 * 1024 * 1024), _integer(64), "size limit of one batch",
+             "max_batch_bytes"),
+    Variable("WOTR_MAX_BATCH_EVENTS", "10000", _integer(1), "events per batch", "max_batch_events"),
+    Variable("WOTR_MAX_HEADERS", "100", _integer(8), "header fields per request", "max_headers"),
+    Variable("WOTR_MAX_HEADER_BYTES", str(64 * 1024), _integer(1024), "bytes of request target and headers",
+             "max_header_bytes"),
+    Variable("WOTR_HEADER_READ_TIMEOUT_SECONDS", "10", _number(0.1), "from a request's first byte to its headers",
+             "header_read_timeout_seconds"),
+    Variable("WOTR_BODY_READ_TIMEOUT_SECONDS", "10", _number(0.1), "longest a request body may send nothing",
+             "body_read_timeout_seconds"),
+    Variable("WOTR_CONSUMER_BATCH_SIZE", "5000", _integer(1), "consumer batch size", "consumer_batch_size"),
+    Variable("WOTR_CONSUMER_BATCH_SECONDS", "0.2", _number(0.001), "consumer batch time", "consumer_batch_seconds"),
+    Variable("WOTR_RELAY_GRACE_SECONDS", "10", _number(0.0), "age before the relay publishes an event",
+             "relay_grace_seconds"),
+    Variable("WOTR_RELAY_INTERVAL_SECONDS", "2", _number(0.01), "outbox relay polling interval",
+             "relay_interval_seconds"),
+    Variable("WOTR_METRICS_PORT", "0", _integer(0), "/metrics port of consume and relay (0: per command)",
+             "metrics_port"),
+    Variable("WOTR_METRICS_HOST", "127.0.0.1", _stripped, "/metrics address of consume and relay", "metrics_host"),
+    Variable("WOTR_STACK_HOME", STACK_HOME, _path, "the native stack's home (wotr stack)", "stack_home"),
+    Variable("WOTR_CACHE_DIR", None, _path, "downloads kept across runs (default <WOTR_STACK_HOME>/cache)",
+             "cache_dir"),
+    _server(S3Connection, "s3", "MINIO_ENDPOINT", "endpoint", _endpoint, "S3 endpoint, host:port"),
+    _server(S3Connection, "s3", "MINIO_ACCESS_KEY", "access_key", _text, "S3 access key"),
+    _server(S3Connection, "s3", "MINIO_SECRET_KEY", "secret_key", _text, "S3 secret key"),
+    _server(S3Connection, "s3", "MINIO_BUCKET", "bucket", _text, "bucket of the raw archive"),
+    Variable("MINIO_SECURE", _default(S3Connection, "secure"), _flag, "S3 over TLS", "s3.secure"),
+    _server(S3Connection, "s3", "MINIO_REGION", "region", _text, "S3 region"),
+    _server(KafkaConnection, "kafka", "KAFKA_BOOTSTRAP", "bootstrap", _text, "Kafka bootstrap servers"),
+    _server(KafkaConnection, "kafka", "KAFKA_TOPIC", "topic", _text, "topic of the events (dead letters: <topic>.dlq)"),
+    Variable("KAFKA_PARTITIONS", _default(KafkaConnection, "partitions"), _partitions, "partitions of a new topic",
+             "kafka.partitions"),
+    _server(KafkaConnection, "kafka", "KAFKA_GROUP", "group", _text, "consumer group"),
+    _server(PostgresConnection, "postgres", "POSTGRES_HOST", "host", _text, "PostgreSQL host"),
+    Variable("POSTGRES_PORT", _default(PostgresConnection, "port"), _port, "PostgreSQL port", "postgres.port"),
+    _server(PostgresConnection, "postgres", "POSTGRES_USER", "user", _text, "PostgreSQL role"),
+    _server(PostgresConnection, "postgres", "POSTGRES_PASSWORD", "password", _text, "PostgreSQL password"),
+    _server(PostgresConnection, "postgres", "POSTGRES_DB", "dbname", _text, "PostgreSQL database"),
+    _server(PostgresConnection, "postgres", "POSTGRES_SCHEMA", "schema", _sql_identifier, "schema of the metadata"),
+    Variable("CLICKHOUSE_DSN", None, _dsn, "ClickHouse DSN; wins over CLICKHOUSE_HOST (chdb:// runs in-process)",
+             "clickhouse.dsn"),
+    _server(ClickHouseConnection, "clickhouse", "CLICKHOUSE_HOST", "host", _text, "ClickHouse server host"),
+    Variable("CLICKHOUSE_PORT", _default(ClickHouseConnection, "port"), _port, "ClickHouse HTTP port",
+             "clickhouse.port"),
+    _server(ClickHouseConnection, "clickhouse", "CLICKHOUSE_USER", "user", _text, "ClickHouse user"),
+    Variable("CLICKHOUSE_PASSWORD", _default(ClickHouseConnection, "password"), _verbatim, "ClickHouse password",
+             "clickhouse.password", blank_is_unset=False),
+    _server(ClickHouseConnection, "clickhouse", "CLICKHOUSE_DB", "database", _ascii_identifier,
+            "ClickHouse database"),
+)
+
+_BY_NAME = {v.name: v for v in VARIABLES}
+
+# The profiles on which a connection's variables are read; elsewhere its defaults stand.
+_SECTION_PROFILES = {
+    "s3": ("local",),
+    "kafka": ("local",),
+    "postgres": ("local",),
+    "clickhouse": ("embedded", "local"),
+}
+_CONNECTIONS: dict[str, type] = {
+    "s3": S3Connection,
+    "kafka": KafkaConnection,
+    "postgres": PostgresConnection,
+    "clickhouse": ClickHouseConnection,
+}
+
+
+def variable(name: str) -> Variable:
+    """The declared variable `name` (KeyError for a name wotr does not read)."""
+    return _BY_NAME[name]
+
+
+def _default_stack_home() -> Path:
+    return _path(STACK_HOME)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,45 +307,36 @@ class Settings:
     relay_interval_seconds: float = 2.0
     metrics_port: int = 0
     metrics_host: str = "127.0.0.1"
+    stack_home: Path = field(default_factory=_default_stack_home)
+    cache_dir: Path = field(default_factory=lambda: _default_stack_home() / "cache")
     s3: S3Connection = field(default_factory=S3Connection)
     kafka: KafkaConnection = field(default_factory=KafkaConnection)
     postgres: PostgresConnection = field(default_factory=PostgresConnection)
     clickhouse: ClickHouseConnection = field(default_factory=ClickHouseConnection)
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+    def from_env(cls, env: Mapping[str, str] | None = None, *, profile: str | None = None) -> Settings:
+        """Read every declared variable from `env` (default: the process environment).
+
+        `profile` overrides `WOTR_PROFILE`; e.g. `Settings.from_env(env, profile="local").s3`
+        is the S3 connection `env` describes, whatever profile the process runs.
+        """
         env = os.environ if env is None else env
-        profile = (env.get("WOTR_PROFILE") or "embedded").strip().lower()
-        if profile not in PROFILES:
-            raise ConfigError("WOTR_PROFILE", f"must be one of {', '.join(PROFILES)}, got {profile!r}")
-        data_dir = Path((env.get("WOTR_DATA_DIR") or ".wotr").strip()).expanduser().resolve()
-        host = (env.get("WOTR_HOST") or "127.0.0.1").strip()
-        kafka = KafkaConnection.from_env(env) if profile == "local" else KafkaConnection()
-        return cls(
-            profile=profile,
-            data_dir=data_dir,
-            host=host,
-            port=_int(env, "WOTR_PORT", 8000, minimum=0),
-            max_body_bytes=_int(env, "WOTR_MAX_BODY_BYTES", 1024 * 1024, minimum=64),
-            max_batch_bytes=_int(env, "WOTR_MAX_BATCH_BYTES", 16 * 1024 * 1024, minimum=64),
-            max_batch_events=_int(env, "WOTR_MAX_BATCH_EVENTS", 10_000),
-            max_headers=_int(env, "WOTR_MAX_HEADERS", 100, minimum=8),
-            max_header_bytes=_int(env, "WOTR_MAX_HEADER_BYTES", 64 * 1024, minimum=1024),
-            header_read_timeout_seconds=_float(env, "WOTR_HEADER_READ_TIMEOUT_SECONDS", 10.0, minimum=0.1),
-            body_read_timeout_seconds=_float(env, "WOTR_BODY_READ_TIMEOUT_SECONDS", 10.0, minimum=0.1),
-            consumer_batch_size=_int(env, "WOTR_CONSUMER_BATCH_SIZE", 5_000),
-            consumer_batch_seconds=_float(env, "WOTR_CONSUMER_BATCH_SECONDS", 0.2, minimum=0.001),
-            relay_grace_seconds=_float(env, "WOTR_RELAY_GRACE_SECONDS", 10.0),
-            relay_interval_seconds=_float(env, "WOTR_RELAY_INTERVAL_SECONDS", 2.0, minimum=0.01),
-            metrics_port=_int(env, "WOTR_METRICS_PORT", 0, minimum=0),
-            metrics_host=(env.get("WOTR_METRICS_HOST") or "127.0.0.1").strip(),
-            s3=S3Connection.from_env(env) if profile == "local" else S3Connection(),
-            kafka=kafka,
-            postgres=PostgresConnection.from_env(env) if profile == "local" else PostgresConnection(),
-            clickhouse=ClickHouseConnection.from_env(env, default_dsn=f"chdb://{data_dir / 'clickhouse'}")
-            if profile != "memory"
-            else ClickHouseConnection(),
-        )
+        chosen = variable("WOTR_PROFILE").read(env) if profile is None else _profile(profile)
+        values: dict[str, dict[str, Any]] = {"": {}, **{section: {} for section in _CONNECTIONS}}
+        for var in VARIABLES:
+            section, _, attr = var.target.rpartition(".")
+            if var.name == "WOTR_PROFILE" or chosen not in _SECTION_PROFILES.get(section, PROFILES):
+                continue
+            values[section][attr] = var.read(env)
+        plain = values[""]
+        plain["profile"] = chosen
+        if plain["cache_dir"] is None:
+            plain["cache_dir"] = plain["stack_home"] / "cache"
+        clickhouse = values["clickhouse"]
+        if clickhouse and clickhouse["dsn"] is None and not variable("CLICKHOUSE_HOST").given(env):
+            clickhouse["dsn"] = f"chdb://{plain['data_dir'] / 'clickhouse'}"
+        return cls(**plain, **{section: _CONNECTIONS[section](**values[section]) for section in _CONNECTIONS})
 
     @property
     def topic(self) -> str:
@@ -115,3 +345,4 @@ class Settings:
     @property
     def bucket(self) -> str:
         return self.s3.bucket
+

@@ -5,13 +5,14 @@ Each connection fixture is session-scoped and resolved in this order:
 1. environment variables, when set (`KAFKA_BOOTSTRAP`, `MINIO_ENDPOINT`,
    `POSTGRES_HOST`, `CLICKHOUSE_HOST` or `CLICKHOUSE_DSN`): services you already run;
 2. testcontainers (Redpanda, MinIO, PostgreSQL, ClickHouse) when a Docker engine answers;
-3. the native local stack (`python -m wotr_apps.stack up --only SERVICE`, then the
-   endpoints read from `<stack home>/run/env`); ClickHouse has no native server, so it
-   falls back to the in-process engine, `chdb://<tmp dir of this process>`.
+3. the native local stack (`wotr_testing.stack`, brought up for that one service);
+   ClickHouse has no native server, so it falls back to the in-process engine,
+   `chdb://<tmp dir of this process>`.
 
 With `CI` set, a service that cannot be had fails the run; otherwise the test is skipped
-with the reason. The stack is started as a subprocess because this module belongs to
-the adapters layer and must not import `wotr_apps`.
+with the reason. The variables are read as wotr's settings read them
+(`Settings.from_env(..., profile="local")`), so a fixture's connection is the one the
+`local` profile would use.
 """
 
 from __future__ import annotations
@@ -20,8 +21,6 @@ import importlib
 import importlib.util
 import os
 import re
-import subprocess
-import sys
 import uuid
 from contextlib import ExitStack
 from pathlib import Path
@@ -30,6 +29,9 @@ from typing import Any, Callable, Iterator, Mapping, NoReturn
 import pytest
 
 from wotr_adapters.connections import ClickHouseConnection, KafkaConnection, PostgresConnection, S3Connection
+from wotr_apps.settings import Settings
+from wotr_testing.stack import Stack, StackError
+from wotr_testing.stack.paths import StackPaths, default_home
 
 __all__ = [
     "clickhouse_connection",
@@ -44,7 +46,6 @@ __all__ = [
 
 SERVICE_FIXTURES = frozenset(
     {"kafka_connection", "s3_connection", "postgres_connection", "clickhouse_connection", "prometheus_url"})
-_STACK_UP_TIMEOUT = 900.0  # the first run installs and builds: minutes, once per machine
 
 
 def _in_ci() -> bool:
@@ -58,10 +59,8 @@ def _unavailable(reason: str) -> NoReturn:
 
 
 def stack_env_file() -> Path:
-    """`<stack home>/run/env`, with the home chosen exactly as `wotr stack` chooses it."""
-    raw = os.environ.get("WOTR_STACK_HOME", "").strip()
-    home = Path(raw).expanduser().resolve() if raw else Path.home() / ".local" / "share" / "wotr-stack"
-    return home / "run" / "env"
+    """`<stack home>/run/env`: where the native stack writes its endpoints."""
+    return StackPaths(default_home()).env_file
 
 
 _docker: bool | None = None
@@ -94,25 +93,12 @@ class _Services:
         self.native_env: dict[str, str] = {}
 
     def native(self, service: str) -> dict[str, str]:
-        """Bring `service` up on the native stack; return the stack's env file as a dict."""
-        command = [sys.executable, "-m", "wotr_apps.stack", "up", "--only", service]
+        """Bring `service` up on the native stack; return the variables that reach the stack."""
         try:
-            done = subprocess.run(command, capture_output=True, text=True, timeout=_STACK_UP_TIMEOUT,
-                                  stdin=subprocess.DEVNULL, check=False)
-        except subprocess.TimeoutExpired:
-            _unavailable(f"native stack: `{' '.join(command[1:])}` did not finish in {_STACK_UP_TIMEOUT:.0f}s")
-        if done.returncode != 0:
-            tail = "\n".join(done.stderr.strip().splitlines()[-25:])
-            _unavailable(f"native stack could not start {service} (exit {done.returncode}):\n{tail}")
-        env_file = stack_env_file()
-        try:
-            lines = env_file.read_text().splitlines()
-        except FileNotFoundError:
-            _unavailable(f"native stack started {service} but wrote no {env_file}")
-        for line in lines:
-            key, sep, value = line.partition("=")
-            if sep and key.strip():
-                self.native_env[key.strip()] = value.strip()
+            self.native_env.update(Stack().up([service]))
+        except (StackError, OSError, ValueError) as exc:
+            tail = "\n".join(str(exc).strip().splitlines()[-25:])
+            _unavailable(f"native stack could not start {service}:\n{tail}")
         return dict(self.native_env)
 
     def container(self, factory: Callable[[], Any]) -> Any:
@@ -126,15 +112,16 @@ def _container_class(module: str, name: str) -> Any:
             return getattr(importlib.import_module(prefix + module), name)
         except (ImportError, AttributeError):
             continue
-    _unavailable(f"testcontainers has no {name}; install wotr[test]")
+    _unavailable(f"testcontainers has no {name}; install wotr[testing]")
 
 
 def _env_set(*names: str) -> bool:
     return any((os.environ.get(name) or "").strip() for name in names)
 
 
-def _merged(overrides: Mapping[str, str]) -> dict[str, str]:
-    return {**os.environ, **overrides}
+def _settings(overrides: Mapping[str, str] | None = None) -> Settings:
+    """The settings the `local` profile reads from this environment, with `overrides` applied."""
+    return Settings.from_env({**os.environ, **(overrides or {})}, profile="local")
 
 
 @pytest.fixture(scope="session")
@@ -148,44 +135,44 @@ def _wotr_services() -> Iterator[_Services]:
 def kafka_connection(_wotr_services: _Services) -> KafkaConnection:
     """A Kafka-protocol broker: `KAFKA_BOOTSTRAP`, else Redpanda in Docker, else the native Kafka."""
     if _env_set("KAFKA_BOOTSTRAP"):
-        return KafkaConnection.from_env()
+        return _settings().kafka
     if docker_available():
         redpanda = _wotr_services.container(_container_class("kafka", "RedpandaContainer"))
-        return KafkaConnection.from_env(_merged({"KAFKA_BOOTSTRAP": redpanda.get_bootstrap_server()}))
-    return KafkaConnection.from_env(_merged(_wotr_services.native("kafka")))
+        return _settings({"KAFKA_BOOTSTRAP": redpanda.get_bootstrap_server()}).kafka
+    return _settings(_wotr_services.native("kafka")).kafka
 
 
 @pytest.fixture(scope="session")
 def s3_connection(_wotr_services: _Services) -> S3Connection:
     """An S3 endpoint: `MINIO_ENDPOINT`, else MinIO in Docker, else the native S3 server."""
     if _env_set("MINIO_ENDPOINT"):
-        return S3Connection.from_env()
+        return _settings().s3
     if docker_available():
         defaults = S3Connection()
         minio_class = _container_class("minio", "MinioContainer")
         minio = _wotr_services.container(
             lambda: minio_class(access_key=defaults.access_key, secret_key=defaults.secret_key))
         config = minio.get_config()
-        return S3Connection.from_env(_merged({"MINIO_ENDPOINT": config["endpoint"],
-                                              "MINIO_ACCESS_KEY": config["access_key"],
-                                              "MINIO_SECRET_KEY": config["secret_key"]}))
-    return S3Connection.from_env(_merged(_wotr_services.native("s3")))
+        return _settings({"MINIO_ENDPOINT": config["endpoint"], "MINIO_ACCESS_KEY": config["access_key"],
+                          "MINIO_SECRET_KEY": config["secret_key"]}).s3
+    return _settings(_wotr_services.native("s3")).s3
 
 
 @pytest.fixture(scope="session")
 def postgres_connection(_wotr_services: _Services) -> PostgresConnection:
     """A PostgreSQL server: `POSTGRES_HOST`, else PostgreSQL in Docker, else the native cluster."""
     if _env_set("POSTGRES_HOST"):
-        return PostgresConnection.from_env()
+        return _settings().postgres
     if docker_available():
         defaults = PostgresConnection()
         postgres_class = _container_class("postgres", "PostgresContainer")
         server = _wotr_services.container(lambda: postgres_class(
             "postgres:15", username=defaults.user, password=defaults.password, dbname=defaults.dbname, driver=None))
-        return PostgresConnection.from_env(_merged({
+        return _settings({
             "POSTGRES_HOST": server.get_container_host_ip(), "POSTGRES_PORT": str(server.get_exposed_port(5432)),
-            "POSTGRES_USER": defaults.user, "POSTGRES_PASSWORD": defaults.password, "POSTGRES_DB": defaults.dbname}))
-    return PostgresConnection.from_env(_merged(_wotr_services.native("postgres")))
+            "POSTGRES_USER": defaults.user, "POSTGRES_PASSWORD": defaults.password, "POSTGRES_DB": defaults.dbname,
+        }).postgres
+    return _settings(_wotr_services.native("postgres")).postgres
 
 
 @pytest.fixture(scope="session")
@@ -196,19 +183,20 @@ def clickhouse_connection(_wotr_services: _Services, tmp_path_factory: pytest.Te
     worker) gets its own.
     """
     if _env_set("CLICKHOUSE_DSN", "CLICKHOUSE_HOST"):
-        return ClickHouseConnection.from_env()
+        return _settings().clickhouse
     if docker_available():
         defaults = ClickHouseConnection()
         clickhouse_class = _container_class("clickhouse", "ClickHouseContainer")
         server = _wotr_services.container(
             lambda: clickhouse_class(username="wotr", password="wotr", dbname=defaults.database))
-        return ClickHouseConnection.from_env(_merged({
+        return _settings({
             "CLICKHOUSE_HOST": server.get_container_host_ip(), "CLICKHOUSE_PORT": str(server.get_exposed_port(8123)),
-            "CLICKHOUSE_USER": "wotr", "CLICKHOUSE_PASSWORD": "wotr"}))
+            "CLICKHOUSE_USER": "wotr", "CLICKHOUSE_PASSWORD": "wotr",
+        }).clickhouse
     if importlib.util.find_spec("chdb") is None:
         _unavailable("no ClickHouse: set CLICKHOUSE_HOST or CLICKHOUSE_DSN, run Docker, or install wotr[embedded]")
     path = tmp_path_factory.mktemp(f"chdb-{os.getpid()}", numbered=True)
-    return ClickHouseConnection.from_env(default_dsn=f"chdb://{path}")
+    return _settings({"CLICKHOUSE_DSN": f"chdb://{path}"}).clickhouse
 
 
 @pytest.fixture(scope="session")
@@ -218,7 +206,7 @@ def prometheus_url(_wotr_services: _Services) -> str:
         return os.environ["PROMETHEUS_URL"].strip().rstrip("/")
     env = _wotr_services.native("prometheus")
     if "PROMETHEUS_URL" not in env:
-        _unavailable(f"native stack wrote no PROMETHEUS_URL to {stack_env_file()}")
+        _unavailable("the native stack exports no PROMETHEUS_URL")
     return env["PROMETHEUS_URL"].rstrip("/")
 
 

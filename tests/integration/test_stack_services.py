@@ -25,9 +25,10 @@ from wotr_adapters.connections import (
     PostgresConnection,
     S3Connection,
 )
-from wotr_adapters.pytest_plugin import docker_available, stack_env_file
+from wotr_apps.settings import Settings
+from wotr_testing.pytest_plugin import docker_available, stack_env_file
 
-STACK = [sys.executable, "-m", "wotr_apps.stack"]
+STACK = [sys.executable, "-m", "wotr_testing.stack"]
 NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
@@ -167,7 +168,7 @@ def test_prometheus_is_ready_and_scrapes_the_wotr_apps(prometheus_url: str):
 @pytest.fixture(scope="module")
 def native_stack():
     """The native stack, brought up (a no-op when it already runs)."""
-    from wotr_apps.stack import Stack, StackError
+    from wotr_testing.stack import Stack, StackError
 
     stack = Stack()
     try:
@@ -210,9 +211,9 @@ def test_second_up_is_fast_starts_nothing_and_prints_the_env(native_stack):
     written = dict(line.split("=", 1) for line in stack_env_file().read_text().splitlines())
     assert exported == written
     ports = {name: service.port for name, service in native_stack.services.items()}
-    assert S3Connection.from_env(written) == S3Connection(endpoint=f"127.0.0.1:{ports['s3']}")
-    assert KafkaConnection.from_env(written).bootstrap == f"127.0.0.1:{ports['kafka']}"
-    assert PostgresConnection.from_env(written) == PostgresConnection(port=ports["postgres"])
+    assert Settings.from_env(written, profile="local").s3 == S3Connection(endpoint=f"127.0.0.1:{ports['s3']}")
+    assert Settings.from_env(written, profile="local").kafka.bootstrap == f"127.0.0.1:{ports['kafka']}"
+    assert Settings.from_env(written, profile="local").postgres == PostgresConnection(port=ports["postgres"])
     assert written["PROMETHEUS_URL"] == f"http://127.0.0.1:{ports['prometheus']}"
     if not os.environ.get("WOTR_STACK_PORT_OFFSET"):  # the defaults wotr's settings assume
         assert ports == {"kafka": 9092, "s3": 9000, "postgres": 5433, "prometheus": 9090}
@@ -220,7 +221,7 @@ def test_second_up_is_fast_starts_nothing_and_prints_the_env(native_stack):
 
 def test_one_service_stops_and_starts_again_keeping_its_data(native_stack, unique_name: str):
     s3 = native_stack.services["s3"]
-    client = _minio(S3Connection.from_env(native_stack.env()))
+    client = _minio(Settings.from_env(native_stack.env(), profile="local").s3)
     client.make_bucket(unique_name)
     client.put_object(unique_name, "kept.txt", io.BytesIO(b"still here"), 10)
     others = {name: pid for name, pid in _pids(native_stack).items() if name != "s3"}

@@ -3,9 +3,9 @@
 No Docker engine is needed: the compose file, the Dockerfiles, the Prometheus and Grafana
 provisioning, the make targets and the workflow are parsed and checked against each
 other and against the code. The variables the wotr services must receive are derived
-from the code (the names `settings.py` and `connections.py` read), and the services'
-environment is fed to `Settings.from_env`, so a renamed variable or a default that points
-at loopback fails here. Each checker is also run on a small broken example, so a check
+from the code (the declaration `VARIABLES` in `wotr_apps/settings.py`, the one place that
+reads the environment), and the services' environment is fed to `Settings.from_env`, so
+a renamed variable or a default that points at loopback fails here. Each checker is also run on a small broken example, so a check
 that could never fail would show.
 """
 
@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from wotr_apps import cli
-from wotr_apps.settings import Settings
+from wotr_apps.settings import VARIABLES, Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_DIR = ROOT / "deployment" / "compose"
@@ -42,7 +42,7 @@ SEED_PREFIXES = ("WOTR_", "MINIO_", "KAFKA_", "POSTGRES_", "CLICKHOUSE_")
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 # Connection variables whose code default is right inside compose, so the wotr services
-# need not set them. Every other variable that connections.py reads must be set.
+# need not set them. Every other connection variable the settings declare must be set.
 DEFAULT_IS_RIGHT = {
     "MINIO_SECURE": "plain HTTP inside the compose network",
     "MINIO_REGION": "MinIO accepts the default region",
@@ -75,9 +75,10 @@ def _read_sources(paths: Iterable[Path]) -> set[str]:
     return set().union(*(env_names_read(p.read_text(encoding="utf-8")) for p in paths))
 
 
-SETTINGS_VARS = _read_sources([ROOT / "src" / "wotr_apps" / "settings.py"])
-CONNECTION_VARS = _read_sources([ROOT / "src" / "wotr_adapters" / "connections.py"])
-ALL_CODE_VARS = _read_sources(
+SETTINGS_VARS = {v.name for v in VARIABLES}  # every variable wotr reads, declared once
+CONNECTION_VARS = {v.name for v in VARIABLES if v.section}  # those of the servers (s3, kafka, ...)
+# The declaration, plus anything runtime code still reads by hand (the scan should find nothing new).
+ALL_CODE_VARS = SETTINGS_VARS | _read_sources(
     [*(ROOT / "src" / "wotr_apps").rglob("*.py"), *(ROOT / "src" / "wotr_adapters").rglob("*.py")]
 )
 REQUIRED_VARS = (CONNECTION_VARS - set(DEFAULT_IS_RIGHT)) | {"WOTR_PROFILE"}

@@ -1,5 +1,9 @@
-"""The ETL on local files: raw objects archived by the real ingest service, curated
-Parquet read back with pyarrow. One SparkSession serves the whole test session."""
+"""The ETL on local files: raw objects archived by the real ingest service, their metadata
+in the embedded profile's SQLite repository, curated Parquet read back with pyarrow. One
+SparkSession serves the whole test session.
+
+Objects the tests write by hand get a metadata row too (with the SHA-256 of their
+bytes), unless the test is about objects without one (orphans)."""
 
 from __future__ import annotations
 
@@ -9,19 +13,21 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pytest
 
 from wotr_adapters.filesystem import FilesystemObjectStore
-from wotr_adapters.memory import InMemoryEventBus, InMemoryMetadataRepo
+from wotr_adapters.memory import InMemoryEventBus
+from wotr_adapters.sqlite_metadata import SqliteMetadataRepo
 from wotr_apps.etl.cli import main as etl_main
 from wotr_apps.etl.job import EtlJob
 from wotr_apps.etl.layout import Layout, Selection
 from wotr_apps.etl.session import spark_session
 from wotr_apps.settings import Settings
-from wotr_domain.codec import encode
-from wotr_domain.models import Event, IngestRequest
+from wotr_domain.codec import encode, sha256_hex
+from wotr_domain.models import Event, EventMetadata, IngestRequest
 from wotr_domain.services import IngestService
 
 D1, D2, D3 = date(2026, 11, 24), date(2026, 11, 25), date(2026, 11, 26)
@@ -46,15 +52,18 @@ def spark() -> Iterator[Any]:
 
 
 class Archive:
-    """A data dir whose raw objects come from the real `IngestService` on the filesystem store."""
+    """A data dir whose raw objects come from the real `IngestService` on the filesystem
+    store, with their metadata where the embedded profile keeps it (so `wotr etl` finds it)."""
 
     def __init__(self, data_dir: Path) -> None:
         self.settings = Settings(profile="embedded", data_dir=data_dir)
         self.root = data_dir / "objects" / self.settings.bucket
         self.store = FilesystemObjectStore(self.root)
         self.store.start()
+        self.repo = SqliteMetadataRepo(data_dir / "metadata.db")
+        self.repo.start()
         self.now = datetime(2026, 11, 24, 8, 0, tzinfo=UTC)
-        self.service = IngestService(self.store, InMemoryMetadataRepo(), InMemoryEventBus(), clock=lambda: self.now)
+        self.service = IngestService(self.store, self.repo, InMemoryEventBus(), clock=lambda: self.now)
         self.events: dict[str, Event] = {}
 
     def ingest(self, day: date, n: int, **fields: Any) -> list[str]:
@@ -68,8 +77,31 @@ class Archive:
             ids.append(receipt.id)
         return ids
 
+    def put(self, key: str, body: bytes, event_id: str | None = None, *, line: int | None = None,
+            record: bool = True) -> None:
+        """Write an object by hand; with `record`, also the metadata row naming it (or its `line`)."""
+        self.store.put(key, body)
+        if record:
+            self.record(key, body if line is None else body.split(b"\n")[line], event_id or key, line=line)
+
+    def record(self, key: str, event_bytes: bytes, event_id: str, *, line: int | None = None) -> None:
+        """The metadata row of an event at `key` (and `line`) whose bytes are `event_bytes`."""
+        day = date.fromisoformat(key.split("/")[1].removeprefix("dt="))
+        received = datetime(day.year, day.month, day.day, 10, 0, tzinfo=UTC)
+        (done,) = self.repo.record([EventMetadata(id=event_id, object_key=key, line=line, size=len(event_bytes),
+                                                  checksum=sha256_hex(event_bytes), received_at=received)])
+        assert done.created
+
+    def batch(self, day: date, n: int, **fields: Any) -> tuple[str, list[str]]:
+        """`n` events ingested together: one NDJSON object; its key and the ids in line order."""
+        self.now = datetime(day.year, day.month, day.day, 9, 30, tzinfo=UTC)
+        results = self.service.ingest_batch([IngestRequest(payload={"b": i}, **fields) for i in range(n)])
+        (key,) = {r.object_key for r in results}
+        assert key.endswith(".ndjson") and [r.line for r in results] == list(range(n))
+        return key, [r.id for r in results]
+
     def job(self, spark: Any) -> EtlJob:
-        return EtlJob(spark, self.store, Layout.for_settings(self.settings))
+        return EtlJob(spark, self.store, self.repo, Layout.for_settings(self.settings))
 
     def curated(self) -> pa.Table:
         return _read(self.root / "curated" / "events")
@@ -91,8 +123,10 @@ def _rows(table: pa.Table) -> list[dict[str, Any]]:
 
 
 @pytest.fixture
-def archive(tmp_path: Path) -> Archive:
-    return Archive(tmp_path / "data")
+def archive(tmp_path: Path) -> Iterator[Archive]:
+    archive = Archive(tmp_path / "data")
+    yield archive
+    archive.repo.close()
 
 
 def test_each_valid_event_becomes_exactly_one_curated_row_with_the_documented_schema(spark, archive):
@@ -155,7 +189,7 @@ def test_since_selects_that_date_and_later_and_reads_no_other_prefix(spark, arch
     archive.ingest(D1, 1)
     archive.ingest(D2, 2)
     archive.ingest(D3, 1)
-    archive.store.put(f"raw/dt={D1.isoformat()}/broken.json", b"{not json")  # would be rejected if read
+    archive.put(f"raw/dt={D1.isoformat()}/broken.json", b"{not json")  # would be rejected if read
 
     run = archive.job(spark).run(Selection(since=D2))
 
@@ -183,7 +217,7 @@ def test_bad_objects_are_rejected_with_their_reason_and_do_not_fail_the_run(spar
                            "received_at is not on the date of its object key"),
     }
     for name, (body, _) in bad.items():
-        archive.store.put(f"{day}/{name}", body)
+        archive.put(f"{day}/{name}", body)  # recorded with the checksum of these bytes: verified, then parsed
 
     run = archive.job(spark).run()
 
@@ -199,31 +233,34 @@ def test_bad_objects_are_rejected_with_their_reason_and_do_not_fail_the_run(spar
 def test_a_date_that_no_longer_yields_rows_loses_its_old_partitions(spark, archive):
     (event_id,) = archive.ingest(D1, 1)
     key = f"raw/dt={D1.isoformat()}/{event_id}.json"
-    archive.store.put(f"raw/dt={D1.isoformat()}/junk.json", b"junk")
+    junk = f"raw/dt={D1.isoformat()}/junk.json"
+    archive.put(junk, b"junk")
     job = archive.job(spark)
     job.run()
     assert len(archive.files("events")) == len(archive.files("rejected")) == 1
-    archive.store.put(key, b"junk too")  # the valid event is now corrupt; the junk is fixed
-    archive.store.put(f"raw/dt={D1.isoformat()}/junk.json", encode(archive.events[event_id]))
+    archive.store.put(key, b"junk too")  # the event's bytes are overwritten: no curated row is left
+    archive.store.delete(junk)  # and the rejected object is gone
 
     run = job.run()
 
-    assert (run.rows_written, run.rows_rejected) == (1, 1)
-    rejected = archive.rejected().to_pylist()
-    assert [r["object_key"] for r in rejected] == [key]
-    archive.store.put(key, encode(archive.events[event_id]))  # both valid: same id twice
+    assert (run.rows_written, run.rows_rejected, run.missing) == (0, 1, 1)
+    assert archive.files("events") == []
+    assert [(r["object_key"], r["reason"]) for r in archive.rejected().to_pylist()] == [(key, "checksum mismatch")]
+    archive.store.put(key, encode(archive.events[event_id]))  # the accepted bytes are back
     run = job.run()
-    assert (run.rows_written, run.rows_rejected, run.duplicates) == (1, 0, 1)
-    assert archive.files("rejected") == []
+    assert (run.rows_written, run.rows_rejected, run.missing) == (1, 0, 1)
+    assert archive.files("rejected") == [] and len(archive.files("events")) == 1
 
 
 def test_duplicate_ids_in_a_run_keep_the_earliest_reception(spark, archive):
+    """The ingest service never records an id twice; should two metadata rows name bytes
+    carrying one id (rows written by something else), the earliest reception is kept."""
     (event_id,) = archive.ingest(D1, 1)
     first = archive.events[event_id]
     later = Event(id=first.id, received_at=first.received_at + timedelta(hours=3), payload={"replayed": True})
     earlier = Event(id=first.id, received_at=first.received_at - timedelta(minutes=5), payload={"original": True})
-    archive.store.put(f"raw/dt={D1.isoformat()}/{event_id}-later.json", encode(later))
-    archive.store.put(f"raw/dt={D1.isoformat()}/{event_id}-earlier.json", encode(earlier))
+    archive.put(f"raw/dt={D1.isoformat()}/{event_id}-later.json", encode(later), f"{event_id}-later")
+    archive.put(f"raw/dt={D1.isoformat()}/{event_id}-earlier.json", encode(earlier), f"{event_id}-earlier")
 
     run = archive.job(spark).run()
 
@@ -250,34 +287,150 @@ def test_runs_are_recorded_in_the_history(spark, archive):
 
 def test_the_cli_runs_the_job_and_shows_the_history_on_the_embedded_profile(spark, archive, monkeypatch, capsys):
     archive.ingest(D2, 3)
-    archive.store.put(f"raw/dt={D2.isoformat()}/bad.json", b"?")
+    archive.put(f"raw/dt={D2.isoformat()}/bad.json", b"?")
+    archive.put(f"raw/dt={D2.isoformat()}/stray.json", b"{}", record=False)
     monkeypatch.setenv("WOTR_PROFILE", "embedded")
     monkeypatch.setenv("WOTR_DATA_DIR", str(archive.settings.data_dir))
 
     assert etl_main(["--date", D2.isoformat()]) == 0
     out = capsys.readouterr().out
-    assert "dt=2026-11-25  read         4  written         3  rejected       1" in out
-    assert "done in" in out and "3 written, 1 rejected" in out
+    assert ("dt=2026-11-25  read         5  written         3  rejected       1  duplicates      0  orphans      1"
+            "  missing      0") in out
+    assert "done in" in out and "3 written, 1 rejected, 0 duplicate(s), 1 orphan(s), 0 missing" in out
     assert f"curated   file://{archive.root}/curated/events" in out
     assert len(archive.curated()) == 3
 
     assert etl_main(["--history"]) == 0
     table = capsys.readouterr().out.splitlines()
     assert table[0].split() == ["RUN", "STARTED", "(UTC)", "STATUS", "DATES", "READ", "WRITTEN", "REJECTED", "DUPL",
-                                "DURATION"]
-    assert table[1].split()[3:8] == ["succeeded", "2026-11-25", "4", "3", "1"]
+                                "ORPHANS", "MISSING", "DURATION"]
+    assert table[1].split()[3:10] == ["succeeded", "2026-11-25", "5", "3", "1", "0", "1"]
 
 
-def test_a_batch_object_yields_one_row_per_line(spark, archive):
-    archive.now = datetime(2026, 11, 25, 9, 30, tzinfo=UTC)
-    results = archive.service.ingest_batch([IngestRequest(payload={"b": i}, source="bulk") for i in range(25)])
+# -- integrity: only the bytes a metadata row names and whose checksum it holds ----------
+
+
+def test_good_single_and_batch_objects_of_a_day_are_all_curated(spark, archive):
+    key, batch_ids = archive.batch(D2, 25, source="bulk")
     single = archive.ingest(D2, 2)
-    (key,) = {r.object_key for r in results}
-    assert key.endswith(".ndjson")
-    archive.job(spark).run(Selection(date=D2))
+    chosen = archive.service.ingest(IngestRequest(id="client-7", payload={"c": 1}))  # key <id>.<attempt>.json
+
+    run = archive.job(spark).run(Selection(date=D2))
+
+    assert (run.rows_read, run.rows_written, run.rows_rejected, run.orphans, run.missing) == (28, 28, 0, 0, 0)
     rows = _rows(archive.curated())
-    assert len(rows) == 27
+    assert sorted(r["event_id"] for r in rows) == sorted(batch_ids + single + ["client-7"])
     batch_rows = [r for r in rows if r["object_key"] == key]
-    assert sorted(r["event_id"] for r in batch_rows) == sorted(r.id for r in results)
     assert sorted(json.loads(r["payload"])["b"] for r in batch_rows) == list(range(25))
-    assert {r["event_id"] for r in rows} - {r.id for r in results} == set(single)
+    assert {r["source"] for r in batch_rows} == {"bulk"}
+    assert [r["object_key"] for r in rows if r["event_id"] == "client-7"] == [chosen.object_key]
+
+
+def test_lines_are_numbered_as_the_archive_numbers_them_blank_ones_included(spark, archive):
+    key = f"raw/dt={D1.isoformat()}/batch-hand.ndjson"
+    events = [Event(id=f"h{i}", received_at=datetime(2026, 11, 24, 10, i, tzinfo=UTC), payload={"i": i})
+              for i in range(3)]
+    body = b"\n".join([encode(events[0]), b"", encode(events[1]), b"  ", encode(events[2])]) + b"\n"
+    archive.store.put(key, body)
+    for line, event in zip((0, 2, 4), events, strict=True):
+        archive.record(key, encode(event), event.id, line=line)
+
+    run = archive.job(spark).run()
+
+    assert (run.rows_written, run.rows_rejected, run.orphans, run.missing) == (3, 0, 1, 0)  # the "  " line
+    assert sorted(r["event_id"] for r in archive.curated().to_pylist()) == ["h0", "h1", "h2"]
+
+
+def test_objects_and_lines_no_metadata_row_names_are_orphans_not_curated(spark, archive):
+    good = archive.ingest(D1, 2)
+    stray = Event(id="stray-1", received_at=datetime(2026, 11, 24, 11, 0, tzinfo=UTC), payload={"s": 1})
+    archive.put(f"raw/dt={D1.isoformat()}/{stray.id}.json", encode(stray), record=False)  # an orphan object
+    archive.put(f"raw/dt={D1.isoformat()}/batch-stray.ndjson", encode(stray) + b"\n{}\n", record=False)  # another
+    key, batch_ids = archive.batch(D1, 3)
+    extra = Event(id="stray-2", received_at=datetime(2026, 11, 24, 9, 30, tzinfo=UTC), payload={"s": 2})
+    archive.store.put(key, archive.store.get(key) + encode(extra) + b"\n")  # a line appended after recording
+
+    run = archive.job(spark).run()
+
+    assert (run.rows_read, run.rows_written, run.rows_rejected, run.orphans, run.missing) == (8, 5, 0, 3, 0)
+    assert sorted(r["event_id"] for r in archive.curated().to_pylist()) == sorted(good + batch_ids)
+    assert not (archive.root / "curated" / "rejected").exists()
+
+
+def test_bytes_overwritten_after_recording_are_rejected_as_a_checksum_mismatch(spark, archive):
+    (event_id, kept) = archive.ingest(D1, 2)
+    key = f"raw/dt={D1.isoformat()}/{event_id}.json"
+    forged = msgspec.structs.replace(archive.events[event_id], payload={"n": 999})
+    archive.store.put(key, encode(forged))  # same key, other (valid) bytes
+    batch_key, batch_ids = archive.batch(D1, 3)
+    lines = archive.store.get(batch_key).split(b"\n")
+    lines[1] = lines[1].replace(b'"b":1', b'"b":7')
+    archive.store.put(batch_key, b"\n".join(lines))  # one line changed, the others intact
+
+    run = archive.job(spark).run()
+
+    assert (run.rows_written, run.rows_rejected, run.orphans, run.missing) == (3, 2, 0, 0)
+    assert sorted(r["event_id"] for r in archive.curated().to_pylist()) == sorted([kept, batch_ids[0], batch_ids[2]])
+    rejected = sorted((r["object_key"], r["reason"], r["raw"]) for r in archive.rejected().to_pylist())
+    assert rejected == sorted([(key, "checksum mismatch", encode(forged).decode()),
+                               (batch_key, "checksum mismatch", lines[1].decode())])
+
+
+def test_checksums_are_of_the_bytes_not_of_their_text(spark, archive):
+    """Invalid UTF-8 becomes U+FFFD in the text; the checksum is computed before that."""
+    (event_id,) = archive.ingest(D1, 1)
+    key = f"raw/dt={D1.isoformat()}/{event_id}.json"
+    body = encode(archive.events[event_id])
+    assert "é".encode() in body
+    archive.store.put(key, body.replace("é".encode(), "\ufffd".encode()))  # what its text would look like
+    day = f"raw/dt={D1.isoformat()}"
+    garbled = {n: body.replace(event_id.encode(), n.encode()).replace("é".encode(), b"\xff") for n in ("g1", "g2")}
+    for name, raw in garbled.items():
+        archive.put(f"{day}/{name}.json", raw, name)  # recorded as they are: invalid UTF-8
+    archive.store.put(f"{day}/g2.json", garbled["g2"].replace(b"\xff", b"\xfe"))  # the same text, other bytes
+
+    run = archive.job(spark).run()
+
+    assert (run.rows_written, run.rows_rejected) == (1, 2)
+    (row,) = archive.curated().to_pylist()  # g1's bytes are the recorded ones
+    assert (row["event_id"], json.loads(row["payload"])["tags"]) == ("g1", ["a", "\ufffd"])
+    assert sorted((r["object_key"], r["reason"]) for r in archive.rejected().to_pylist()) == sorted([
+        (f"{day}/g2.json", "checksum mismatch"), (key, "checksum mismatch")])
+
+
+def test_metadata_rows_whose_object_or_line_is_gone_are_counted_missing(spark, archive):
+    (gone, kept) = archive.ingest(D1, 2)
+    archive.store.delete(f"raw/dt={D1.isoformat()}/{gone}.json")
+    key, batch_ids = archive.batch(D1, 4)
+    lines = archive.store.get(key).split(b"\n")
+    archive.store.put(key, b"\n".join(lines[:2]))  # lines 2 and 3 cut off
+    (gone_too,) = archive.ingest(D2, 1)
+    archive.store.delete(f"raw/dt={D2.isoformat()}/{gone_too}.json")  # D2 keeps only an orphan
+    archive.put(f"raw/dt={D2.isoformat()}/other.json", b"{}", record=False)
+
+    run = archive.job(spark).run()
+
+    assert (run.rows_read, run.rows_written, run.rows_rejected, run.orphans, run.missing) == (4, 3, 0, 1, 4)
+    assert sorted(r["event_id"] for r in archive.curated().to_pylist()) == sorted([kept, *batch_ids[:2]])
+
+
+def test_rerunning_a_date_gives_the_same_output(spark, archive):
+    archive.ingest(D1, 3)
+    key, _ = archive.batch(D1, 4)
+    archive.put(f"raw/dt={D1.isoformat()}/stray.json", b"{}", record=False)
+    archive.put(f"raw/dt={D1.isoformat()}/bad.json", b"[]")
+    (overwritten, *_) = archive.ingest(D1, 1)
+    archive.store.put(f"raw/dt={D1.isoformat()}/{overwritten}.json", b"{}")
+    job = archive.job(spark)
+    first = job.run(Selection(date=D1))
+    curated, rejected, files = _rows(archive.curated()), archive.rejected().to_pylist(), archive.files()
+
+    again = job.run(Selection(date=D1))
+
+    counts = lambda r: (r.rows_read, r.rows_written, r.rows_rejected, r.duplicates, r.orphans, r.missing)  # noqa: E731
+    assert counts(again) == counts(first) == (10, 7, 2, 0, 1, 0)
+    assert _rows(archive.curated()) == curated
+    assert [f.rsplit("/", 1)[0] for f in archive.files()] == [f.rsplit("/", 1)[0] for f in files]  # one file per date
+    project = lambda rows: sorted((r["object_key"], r["reason"], r["raw"], r["dt"]) for r in rows)  # noqa: E731
+    assert project(archive.rejected().to_pylist()) == project(rejected)
+    assert {r["run_id"] for r in archive.rejected().to_pylist()} == {again.run_id}

@@ -7,6 +7,7 @@ import json
 from datetime import UTC, date, datetime
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from wotr_adapters.connections import S3Connection
@@ -19,6 +20,7 @@ from wotr_apps.etl.layout import Layout, Selection, available_dates, select_date
 from wotr_apps.etl.session import session_conf
 from wotr_apps.settings import Settings
 from wotr_domain.errors import ConfigError
+from wotr_domain.models import EventMetadata
 
 D = date.fromisoformat
 
@@ -73,13 +75,19 @@ def test_history_keeps_the_last_record_of_each_run_in_start_order(kind: str, tmp
     store = InMemoryObjectStore() if kind == "memory" else FilesystemObjectStore(tmp_path)
     history = RunHistory(store)
     history.record(_run("01a0-0001", status="running"))
-    history.record(_run("01a0-0002", dates=["2026-11-24"], rows_read=10, rows_written=9, rows_rejected=1))
+    history.record(_run("01a0-0002", dates=["2026-11-24"], rows_read=10, rows_written=8, rows_rejected=1, orphans=1,
+                        missing=3))
     history.record(_run("01a0-0001", dates=["2026-11-23"], rows_read=3, rows_written=3))
     store.put("curated/_runs/garbage.json", b"not a record")
+    store.put("curated/_runs/01a0-0000.json", b'{"run_id": "01a0-0000", "started_at": "2026-11-20T10:00:00Z",'
+              b' "status": "succeeded", "selection": "all dates", "rows_read": 5}')  # written before orphans/missing
 
     runs = history.runs()
-    assert [(r.run_id, r.status, r.rows_read) for r in runs] == [("01a0-0001", "succeeded", 3),
+    assert [(r.run_id, r.status, r.rows_read) for r in runs] == [("01a0-0000", "succeeded", 5),
+                                                                 ("01a0-0001", "succeeded", 3),
                                                                  ("01a0-0002", "succeeded", 10)]
+    assert (runs[0].orphans, runs[0].missing) == (0, 0)
+    assert (runs[2].orphans, runs[2].missing) == (1, 3)
     assert [r.run_id for r in history.runs(limit=2)] == ["01a0-0002"]  # the garbage key sorts last
     assert RunHistory(InMemoryObjectStore()).runs() == []
 
@@ -87,14 +95,38 @@ def test_history_keeps_the_last_record_of_each_run_in_start_order(kind: str, tmp
 def test_history_table():
     assert render_table([]) == "no ETL runs recorded yet"
     lines = render_table([
-        _run("r1", dates=["2026-11-24"], rows_read=1234, rows_written=1200, rows_rejected=34, duration_seconds=12.34),
+        _run("r1", dates=["2026-11-24"], rows_read=1234, rows_written=1200, rows_rejected=30, orphans=4, missing=2,
+             duration_seconds=12.34),
         _run("r2", status="failed", dates=["2026-11-20", "2026-11-21", "2026-11-24"], error="Boom: disk full"),
     ]).splitlines()
-    assert lines[0].split()[:3] == ["RUN", "STARTED", "(UTC)"]
-    assert lines[1].split() == ["r1", "2026-11-24", "10:00:00", "succeeded", "2026-11-24", "1,234", "1,200", "34", "0",
-                                "12.3s"]
+    assert lines[0].split() == ["RUN", "STARTED", "(UTC)", "STATUS", "DATES", "READ", "WRITTEN", "REJECTED", "DUPL",
+                                "ORPHANS", "MISSING", "DURATION"]
+    assert lines[1].split() == ["r1", "2026-11-24", "10:00:00", "succeeded", "2026-11-24", "1,234", "1,200", "30", "0",
+                                "4", "2", "12.3s"]
     assert "2026-11-20..2026-11-24 (3)" in lines[2] and "failed" in lines[2]
     assert lines[3] == "r2: Boom: disk full"
+
+
+# -- metadata --------------------------------------------------------------------------
+
+
+def test_a_days_metadata_rows_are_grouped_by_object_with_id_line_and_checksum():
+    from wotr_apps.etl.transform import metadata_rows  # pyspark is imported, no session is started
+
+    day = D("2026-11-24")
+    at = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
+    rows = [EventMetadata(id=i, object_key=k, line=n, size=1, checksum=c, received_at=at)
+            for i, k, n, c in [("a", "raw/dt=2026-11-24/a.json", None, "ca"),
+                               ("b0", "raw/dt=2026-11-24/batch-b.ndjson", 0, "cb0"),
+                               ("b1", "raw/dt=2026-11-24/batch-b.ndjson", 1, "cb1")]]
+    assert metadata_rows((day, m) for m in rows) == [
+        ("raw/dt=2026-11-24/a.json", day, [("a", None, "ca")]),
+        ("raw/dt=2026-11-24/batch-b.ndjson", day, [("b0", 0, "cb0"), ("b1", 1, "cb1")]),
+    ]
+    late = msgspec.structs.replace(rows[1], id="b2", line=2)  # another day's row naming the same object
+    assert metadata_rows([(day, rows[1]), (D("2026-11-25"), late)]) == [
+        ("raw/dt=2026-11-24/batch-b.ndjson", day, [("b0", 0, "cb0"), ("b2", 2, "cb0")])]
+    assert metadata_rows([]) == []
 
 
 # -- jars ------------------------------------------------------------------------------

@@ -1,14 +1,23 @@
-"""Configuration: the seed's variable names, defaults, and errors that name the variable."""
+"""Configuration: the seed's variable names, defaults, and errors that name the variable.
+
+Every variable wotr reads is declared once, in `wotr_apps.settings.VARIABLES`; the
+README's Configuration table documents exactly those.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from wotr_apps.settings import Settings
+from wotr_apps.settings import VARIABLES, Settings, variable
 from wotr_domain.errors import ConfigError
+
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def test_defaults_are_the_embedded_profile_on_loopback(tmp_path):
@@ -77,3 +86,95 @@ def test_the_cli_refuses_to_start_on_bad_configuration_and_says_why(tmp_path):
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "POSTGRES_PORT must be a port number, got 'not-a-port'" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("env", "variable"),
+    [
+        ({"WOTR_PROFILE": "local", "CLICKHOUSE_DB": "wotr; drop"}, "CLICKHOUSE_DB"),
+        ({"CLICKHOUSE_PORT": "http"}, "CLICKHOUSE_PORT"),
+        ({"WOTR_PROFILE": "local", "MINIO_SECURE": "maybe"}, "MINIO_SECURE"),
+    ],
+)
+def test_values_the_adapters_would_refuse_are_refused_at_start_up(env, variable):
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env(env)
+    assert info.value.variable == variable
+
+
+def test_the_servers_variables_count_on_the_local_profile_only():
+    env = {"MINIO_BUCKET": "elsewhere", "KAFKA_TOPIC": "other", "POSTGRES_PORT": "nope"}
+    s = Settings.from_env(env)
+    assert (s.bucket, s.topic, s.postgres.port) == ("raw-data", "ingest-events", 5433)
+    local = Settings.from_env({**env, "POSTGRES_PORT": "6000"}, profile="local")
+    assert (local.profile, local.bucket, local.topic, local.postgres.port) == ("local", "elsewhere", "other", 6000)
+    assert Settings.from_env({"CLICKHOUSE_DSN": "mysql://x", "WOTR_PROFILE": "memory"}).clickhouse.dsn is None
+
+
+def test_the_cache_lives_in_the_stack_home_unless_set(tmp_path):
+    s = Settings.from_env({})
+    assert s.cache_dir == Path("~/.local/share/wotr-stack/cache").expanduser().resolve()
+    s = Settings.from_env({"WOTR_STACK_HOME": str(tmp_path / "home")})
+    assert (s.stack_home, s.cache_dir) == (tmp_path / "home", tmp_path / "home" / "cache")
+    s = Settings.from_env({"WOTR_STACK_HOME": str(tmp_path / "home"), "WOTR_CACHE_DIR": str(tmp_path / "c")})
+    assert s.cache_dir == tmp_path / "c"
+
+
+# -- the declaration -------------------------------------------------------------------------
+
+
+def test_each_variable_is_declared_once_and_fills_a_field_that_exists():
+    names = [v.name for v in VARIABLES]
+    targets = [v.target for v in VARIABLES]
+    assert len(set(names)) == len(names) and len(set(targets)) == len(targets)
+    plain = {f.name: f for f in dataclasses.fields(Settings)}
+    for var in VARIABLES:
+        assert re.fullmatch(r"[A-Z][A-Z0-9_]*", var.name) and var.help.strip()
+        section, _, attr = var.target.rpartition(".")
+        owner = plain[section].default_factory() if section else Settings()
+        assert hasattr(owner, attr), f"{var.name} fills {var.target}, which does not exist"
+    # every plain setting but the derived ones is configurable
+    assert {v.target for v in VARIABLES if not v.section} | {"s3", "kafka", "postgres", "clickhouse"} == set(plain)
+
+
+def test_the_declared_defaults_are_the_settings_defaults():
+    """Reading an empty environment on the local profile gives the value types' defaults."""
+    read = Settings.from_env({}, profile="local")
+    built = Settings(profile="local")
+    for var in VARIABLES:
+        if var.default is None or var.target in {"profile", "data_dir", "stack_home"}:
+            continue
+        section, _, attr = var.target.rpartition(".")
+        expected = getattr(getattr(built, section) if section else built, attr)
+        actual = getattr(getattr(read, section) if section else read, attr)
+        assert actual == expected == var.read({}), var.name
+    assert Settings.from_env({}).profile == Settings().profile == variable("WOTR_PROFILE").default
+    assert read.data_dir == Path(variable("WOTR_DATA_DIR").default).resolve()
+    assert read.stack_home == built.stack_home
+
+
+def _readme_variables() -> set[str]:
+    """The names in the first column of README.md's Configuration table.
+
+    `POSTGRES_HOST/PORT/USER` stands for POSTGRES_HOST, POSTGRES_PORT and POSTGRES_USER.
+    """
+    text = README.read_text(encoding="utf-8")
+    section = text.split("\n## Configuration\n", 1)[1].split("\n## ", 1)[0]
+    names: set[str] = set()
+    for line in section.splitlines():
+        if not line.startswith("| `"):
+            continue
+        first = line.split("|")[1]
+        for token in re.findall(r"`([A-Z][A-Z0-9_]*(?:/[A-Z0-9_]+)*)`", first):
+            head, *rest = token.split("/")
+            names.add(head)
+            names.update(head.rpartition("_")[0] + "_" + part for part in rest)
+    return names
+
+
+def test_the_readme_documents_exactly_the_declared_variables():
+    documented = _readme_variables()
+    declared = {v.name for v in VARIABLES}
+    assert "POSTGRES_PASSWORD" in documented and "WOTR_PROFILE" in documented  # the parsing is not vacuous
+    assert declared - documented == set(), "read by the code, missing from the README's Configuration table"
+    assert documented - declared == set(), "in the README's Configuration table, never read by the code"

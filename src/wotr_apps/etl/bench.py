@@ -1,8 +1,11 @@
 """Benchmark: generate N raw events in a temporary data dir, run the ETL, print rows/s.
 
 The events are encoded and keyed exactly as the ingest service archives them (the
-domain's `encode` and `object_key_for`), written without fsync to keep generation fast.
-A small share is deliberately broken so the rejection path is measured too.
+domain's `encode` and `object_key_for`), written without fsync to keep generation fast,
+and each gets its metadata row (object key, SHA-256 of its bytes) in the embedded
+profile's SQLite repository, which the ETL verifies every event against. A small share
+is deliberately torn after its row was recorded, so the checksum-mismatch rejection
+path is measured too.
 """
 
 from __future__ import annotations
@@ -15,20 +18,25 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from wotr_domain.codec import encode
-from wotr_domain.ids import new_event_id
-from wotr_domain.models import Event
 from wotr_domain.archive import object_key_for
+from wotr_domain.codec import encode, sha256_hex
+from wotr_domain.ids import new_event_id
+from wotr_domain.models import Event, EventMetadata
+from wotr_domain.ports import MetadataRepo
 
 __all__ = ["generate", "main"]
 
 
-def generate(root: Path, events: int, days: int, broken_every: int = 1000, seed: int = 7) -> int:
-    """Write `events` raw objects under `root` (a bucket directory) over `days` dates; returns the broken count."""
+def generate(
+    root: Path, repo: MetadataRepo, events: int, days: int, broken_every: int = 1000, seed: int = 7, chunk: int = 5000
+) -> int:
+    """Write `events` raw objects under `root` (a bucket directory) over `days` dates and
+    record their metadata in `repo`; returns the count torn after recording."""
     rng = random.Random(seed)
     end = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     made: set[Path] = set()
     broken = 0
+    rows: list[EventMetadata] = []
     for i in range(events):
         received = end - timedelta(days=i % days) + timedelta(seconds=rng.randrange(86_400), microseconds=rng.randrange(10**6))
         event = Event(
@@ -39,14 +47,22 @@ def generate(root: Path, events: int, days: int, broken_every: int = 1000, seed:
             type="interaction",
             timestamp=received - timedelta(seconds=rng.randrange(60)),
         )
-        path = root / object_key_for(event.id, received)
+        key = object_key_for(event.id, received)
+        path = root / key
         if path.parent not in made:
             path.parent.mkdir(parents=True, exist_ok=True)
             made.add(path.parent)
         body = encode(event)
+        rows.append(EventMetadata(id=event.id, object_key=key, size=len(body), checksum=sha256_hex(body),
+                                  received_at=received, source=event.source, type=event.type))
+        if len(rows) >= chunk:
+            repo.record(rows)
+            rows = []
         if broken_every and i % broken_every == broken_every - 1:
-            body, broken = body[: len(body) // 2], broken + 1  # a torn object: not valid JSON
+            body, broken = body[: len(body) // 2], broken + 1  # torn after recording: a checksum mismatch
         path.write_bytes(body)
+    if rows:
+        repo.record(rows)
     return broken
 
 
@@ -67,21 +83,24 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="wotr-etl-bench-") as tmp:
         settings = Settings(profile="embedded", data_dir=Path(tmp))
-        t0 = time.monotonic()
-        broken = generate(settings.data_dir / "objects" / settings.bucket, args.events, args.days)
-        print(f"generated {args.events:,} raw events over {args.days} date(s) ({broken:,} broken) "
-              f"in {time.monotonic() - t0:.1f}s", flush=True)
         container = build_container(settings)
         try:
+            repo = container.metadata_repo()  # the embedded profile's SQLite file in the temp dir
+            t0 = time.monotonic()
+            broken = generate(settings.data_dir / "objects" / settings.bucket, repo, args.events, args.days)
+            print(f"generated {args.events:,} raw events and their metadata over {args.days} date(s) "
+                  f"({broken:,} torn) in {time.monotonic() - t0:.1f}s", flush=True)
             t0 = time.monotonic()
             spark = spark_session()
             print(f"Spark started in {time.monotonic() - t0:.1f}s", flush=True)
-            job = EtlJob(spark, container.object_store(), Layout.for_settings(settings), say=lambda m: print(m, flush=True))
+            job = EtlJob(spark, container.object_store(), repo, Layout.for_settings(settings),
+                         say=lambda m: print(m, flush=True))
             for n in range(1, args.runs + 1):
                 run = job.run()
                 rate = run.rows_read / run.duration_seconds
                 print(f"run {n}: {run.rows_read:,} objects read, {run.rows_written:,} written, "
-                      f"{run.rows_rejected:,} rejected in {run.duration_seconds:.1f}s -> {rate:,.0f} rows/s", flush=True)
+                      f"{run.rows_rejected:,} rejected, {run.orphans:,} orphans, {run.missing:,} missing "
+                      f"in {run.duration_seconds:.1f}s -> {rate:,.0f} rows/s", flush=True)
             spark.stop()
         finally:
             container.shutdown_resources()

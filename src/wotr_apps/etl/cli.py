@@ -1,7 +1,8 @@
 """`wotr etl`: run the raw-to-curated job, show its run history, or benchmark it.
 
 Configuration is the API's (`Settings.from_env()`): the profile decides whether the job
-reads a local directory (embedded) or an S3 bucket through s3a (local).
+reads a local directory and the SQLite metadata (embedded) or an S3 bucket through s3a
+and the PostgreSQL metadata (local).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING
 from wotr_domain.errors import ConfigError, Unavailable
 
 if TYPE_CHECKING:
-    from wotr_domain.ports import ObjectStore
+    from wotr_domain.ports import MetadataRepo, ObjectStore
 
     from ..settings import Settings
     from .layout import Layout, Selection
@@ -77,12 +78,13 @@ def _run(args: argparse.Namespace) -> int:
         if args.history:
             print(render_table(RunHistory(store).runs(args.limit)))
             return 0
-        return _etl(settings, store, layout, Selection(date=args.date, since=args.since))
+        repo = container.metadata_repo()
+        return _etl(settings, store, repo, layout, Selection(date=args.date, since=args.since))
     finally:
         container.shutdown_resources()
 
 
-def _etl(settings: Settings, store: ObjectStore, layout: Layout, selection: Selection) -> int:
+def _etl(settings: Settings, store: ObjectStore, repo: MetadataRepo, layout: Layout, selection: Selection) -> int:
     from pyspark.sql import SparkSession
 
     from .jars import JarResolutionError, ensure_jars
@@ -101,7 +103,7 @@ def _etl(settings: Settings, store: ObjectStore, layout: Layout, selection: Sele
     if owned:
         say(f"Spark ready in {time.monotonic() - started:.1f}s")
     try:
-        run = EtlJob(spark, store, layout, say=say).run(selection)
+        run = EtlJob(spark, store, repo, layout, say=say).run(selection)
     except Exception as e:  # the run is recorded as failed; say why in a line or two
         print(f"wotr etl: run failed: {_reason(e)}", file=sys.stderr)
         return 1
@@ -111,7 +113,8 @@ def _etl(settings: Settings, store: ObjectStore, layout: Layout, selection: Sele
     if run.status == "succeeded":
         say(
             f"done in {run.duration_seconds:.1f}s: {run.rows_read:,} read, {run.rows_written:,} written, "
-            f"{run.rows_rejected:,} rejected, {run.duplicates:,} duplicate(s)"
+            f"{run.rows_rejected:,} rejected, {run.duplicates:,} duplicate(s), {run.orphans:,} orphan(s), "
+            f"{run.missing:,} missing"
         )
         say(f"  curated   {layout.curated}")
         if run.rows_rejected:

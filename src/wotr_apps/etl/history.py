@@ -33,6 +33,8 @@ class RunRecord(msgspec.Struct, frozen=True, kw_only=True):
     rows_written: int = 0
     rows_rejected: int = 0
     duplicates: int = 0
+    orphans: int = 0  # objects or lines no metadata row names: not events, never curated
+    missing: int = 0  # metadata rows whose object or line is not in the archive
     duration_seconds: float = 0.0
     output: str = ""
     error: str | None = None
@@ -78,7 +80,8 @@ def render_table(runs: list[RunRecord]) -> str:
     """A fixed-width table, one line per run, for `wotr etl --history`."""
     if not runs:
         return "no ETL runs recorded yet"
-    header = ("RUN", "STARTED (UTC)", "STATUS", "DATES", "READ", "WRITTEN", "REJECTED", "DUPL", "DURATION")
+    header = ("RUN", "STARTED (UTC)", "STATUS", "DATES", "READ", "WRITTEN", "REJECTED", "DUPL", "ORPHANS", "MISSING",
+              "DURATION")
     rows = [
         (
             r.run_id,
@@ -89,11 +92,13 @@ def render_table(runs: list[RunRecord]) -> str:
             f"{r.rows_written:,}",
             f"{r.rows_rejected:,}",
             f"{r.duplicates:,}",
+            f"{r.orphans:,}",
+            f"{r.missing:,}",
             f"{r.duration_seconds:.1f}s",
         )
         for r in runs
     ]
-    numeric = {4, 5, 6, 7, 8}
+    numeric = {4, 5, 6, 7, 8, 9, 10}
     widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
     lines = []
     for row in [header, *rows]:

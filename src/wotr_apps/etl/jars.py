@@ -37,10 +37,10 @@ class JarResolutionError(WotrError):
 
 
 def jars_dir() -> Path:
-    """`<WOTR_STACK_HOME>/cache/spark-jars`: shared by every clone, reused across runs."""
-    from ..stack.paths import StackPaths, default_home
+    """`<WOTR_CACHE_DIR>/spark-jars` (default `<WOTR_STACK_HOME>/cache`): shared by every clone."""
+    from ..settings import Settings
 
-    return StackPaths(default_home()).cache / "spark-jars"
+    return Settings.from_env().cache_dir / "spark-jars"
 
 
 def render_pom(artifacts: tuple[tuple[str, str, str], ...] = ARTIFACTS) -> str:

@@ -1,4 +1,10 @@
-"""One ETL run: select raw dates, parse and classify, write curated and rejected Parquet.
+"""One ETL run: select raw dates, verify against metadata, classify, write Parquet.
+
+Integrity first: for each selected date the job asks the metadata repository for the
+events received that day, and takes only the bytes a metadata row names whose SHA-256
+is the row's checksum (`transform.verify`). A mismatch is rejected (`checksum
+mismatch`), bytes no row names are counted as orphans, rows whose bytes are gone as
+missing; none of them is ever curated.
 
 Idempotent per date: the output is written with dynamic partition overwrite, so a run
 replaces exactly the `dt=` partitions it read, and a date that now yields no rows has
@@ -8,18 +14,33 @@ its old partition removed. Every run is recorded in the run history.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from datetime import UTC, date, datetime
+from collections.abc import Callable, Iterator
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import msgspec
 
 from wotr_domain.ids import new_event_id
-from wotr_domain.ports import ObjectStore
+from wotr_domain.models import EventMetadata
+from wotr_domain.ports import MetadataRepo, ObjectStore
 
 from .history import RunHistory, RunRecord
 from .layout import CURATED_PREFIX, REJECTED_PREFIX, Layout, Selection, available_dates, select_dates
-from .transform import DUPLICATE, REJECTED, WRITTEN, classify, curated_rows, raw_objects, rejected_rows
+from .transform import (
+    DUPLICATE,
+    MISSING,
+    ORPHAN,
+    REJECTED,
+    STATUSES,
+    WRITTEN,
+    classify,
+    curated_rows,
+    metadata_frame,
+    metadata_rows,
+    raw_objects,
+    rejected_rows,
+    verify,
+)
 
 __all__ = ["EtlJob"]
 
@@ -29,12 +50,13 @@ def _utcnow() -> datetime:
 
 
 class EtlJob:
-    """Runs the ETL over one object store root with a given SparkSession."""
+    """Runs the ETL over one object store root and its metadata with a given SparkSession."""
 
     def __init__(
         self,
         spark: Any,
         store: ObjectStore,
+        repo: MetadataRepo,
         layout: Layout,
         *,
         say: Callable[[str], None] = lambda _m: None,
@@ -42,6 +64,7 @@ class EtlJob:
     ) -> None:
         self._spark = spark
         self._store = store
+        self._repo = repo
         self._layout = layout
         self._say = say
         self._clock = clock
@@ -71,14 +94,16 @@ class EtlJob:
                 msgspec.structs.replace(run, status="failed", error=error, duration_seconds=time.monotonic() - t0)
             )
             raise
-        total = {s: sum(n for (_, st), n in counts.items() if st == s) for s in (WRITTEN, DUPLICATE, REJECTED)}
+        total = {s: sum(n for (_, st), n in counts.items() if st == s) for s in STATUSES}
         run = msgspec.structs.replace(
             run,
             status="succeeded",
-            rows_read=sum(counts.values()),
+            rows_read=sum(n for s, n in total.items() if s != MISSING),
             rows_written=total[WRITTEN],
             rows_rejected=total[REJECTED],
             duplicates=total[DUPLICATE],
+            orphans=total[ORPHAN],
+            missing=total[MISSING],
             duration_seconds=time.monotonic() - t0,
         )
         self.history.record(run)
@@ -87,16 +112,21 @@ class EtlJob:
     def _process(self, dates: list[date], run_id: str, started: datetime) -> dict[tuple[date, str], int]:
         from pyspark import StorageLevel
 
-        self._say("reading and parsing raw objects")
-        classified = classify(raw_objects(self._spark, [self._layout.raw(d) for d in dates]))
-        classified = classified.persist(StorageLevel.MEMORY_AND_DISK)
+        self._say("reading metadata")
+        rows = metadata_rows((d, m) for d in dates for m in self._metadata(d))
+        self._say(f"  {sum(len(r[2]) for r in rows):,} event(s) in {len(rows):,} object(s)")
+        metadata = metadata_frame(self._spark, rows)
+        self._say("reading, verifying and parsing raw objects")
+        objects = raw_objects(self._spark, [self._layout.raw(d) for d in dates])
+        classified = classify(verify(objects, metadata)).persist(StorageLevel.MEMORY_AND_DISK)
         try:
             counts = {(r["dt"], r["status"]): r["count"] for r in classified.groupBy("dt", "status").count().collect()}
             for d in dates:
                 self._say(
-                    f"  dt={d.isoformat()}  read {sum(n for (k, _), n in counts.items() if k == d):>9,}"
+                    f"  dt={d.isoformat()}  read {sum(n for (k, s), n in counts.items() if k == d and s != MISSING):>9,}"
                     f"  written {counts.get((d, WRITTEN), 0):>9,}  rejected {counts.get((d, REJECTED), 0):>7,}"
-                    f"  duplicates {counts.get((d, DUPLICATE), 0):>6,}"
+                    f"  duplicates {counts.get((d, DUPLICATE), 0):>6,}  orphans {counts.get((d, ORPHAN), 0):>6,}"
+                    f"  missing {counts.get((d, MISSING), 0):>6,}"
                 )
             self._say(f"writing curated Parquet to {self._layout.curated}")
             self._write(curated_rows(classified), self._layout.curated, CURATED_PREFIX, dates,
@@ -109,6 +139,11 @@ class EtlJob:
         finally:
             classified.unpersist()
         return counts
+
+    def _metadata(self, day: date) -> Iterator[EventMetadata]:
+        """The metadata rows of the events received on `day` (UTC)."""
+        start = datetime(day.year, day.month, day.day, tzinfo=UTC)
+        return self._repo.received_between(start, start + timedelta(days=1))
 
     def _write(self, frame: Any, uri: str, key: str, dates: list[date], filled: list[date], order: str) -> None:
         """Overwrite the partitions of `filled`; empty the other selected dates' partitions."""

@@ -1,57 +1,176 @@
-"""The ETL's DataFrame logic: parse raw objects, classify them, keep one row per event.
+"""The ETL's DataFrame logic: match raw objects to metadata, verify, parse, classify.
 
 Pure functions of DataFrames (no I/O), so the job module stays a thin shell around them.
-Every object ends in exactly one status: `written` (the earliest copy of its event id in
-the run), `duplicate` (a later copy) or `rejected` (with the reason).
+The archive policy (`wotr_domain.archive`) decides what is an event: the bytes a metadata
+row names (a whole object, or one line of an NDJSON object) whose SHA-256 is the row's
+checksum. Every row of `classify`'s result ends in exactly one status:
+
+- `written`: a verified event, the earliest copy of its event id in the run;
+- `duplicate`: a later copy of an id already written;
+- `rejected` (with the reason): bytes whose checksum differs from their metadata row's
+  (`checksum mismatch`), or a verified event that is not a valid one;
+- `orphan`: an object, or a line of an object, that no metadata row names: not an event;
+- `missing`: a metadata row whose object or line is not in the archive.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+from collections.abc import Iterable
+from datetime import date, datetime
 
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
-from .schema import CORRUPT, CURATED_SCHEMA, RAW_SCHEMA, REJECTED_SCHEMA
+from wotr_domain.models import EventMetadata
 
-__all__ = ["DUPLICATE", "REJECTED", "WRITTEN", "classify", "curated_rows", "raw_objects", "rejected_rows"]
+from .schema import CORRUPT, CURATED_SCHEMA, METADATA_SCHEMA, RAW_SCHEMA, REJECTED_SCHEMA
 
-WRITTEN, DUPLICATE, REJECTED = "written", "duplicate", "rejected"
+__all__ = [
+    "CHECKSUM_MISMATCH",
+    "DUPLICATE",
+    "MISSING",
+    "ORPHAN",
+    "REJECTED",
+    "STATUSES",
+    "WRITTEN",
+    "classify",
+    "curated_rows",
+    "metadata_frame",
+    "metadata_rows",
+    "raw_objects",
+    "rejected_rows",
+    "verify",
+]
+
+WRITTEN, DUPLICATE, REJECTED, ORPHAN, MISSING = "written", "duplicate", "rejected", "orphan", "missing"
+STATUSES = (WRITTEN, DUPLICATE, REJECTED, ORPHAN, MISSING)
+CHECKSUM_MISMATCH = "checksum mismatch"
+_VERIFIED = "verified"  # the outcome of `verify` for bytes that match their checksum
 _KEY = r"(raw/dt=[^/]+/[^/]+)$"
 _KEY_DATE = r"raw/dt=(\d{4}-\d{2}-\d{2})/[^/]+$"
+# One character per byte and back: splitting the decoded text on "\n" splits the bytes on
+# b"\n", and encoding a piece gives its exact bytes (even when they are not UTF-8).
+_BYTES_AS_TEXT = "ISO-8859-1"
 
 
 def raw_objects(spark: object, paths: list[str]) -> DataFrame:
-    """One row per raw event: its object's key, its date and its text.
+    """One row per raw object: its key, its date and its bytes.
 
-    An object is one JSON document (`<id>.json`) or, for a batch, NDJSON with one event
-    per line (`batch-<id>.ndjson`); every non-empty line is one event. Objects are read
-    whole with the `binaryFile` source, about three times faster than `text` with
-    `wholetext` on many small files, then split into lines.
+    Objects are read whole with the `binaryFile` source, about three times faster than
+    `text` with `wholetext` on many small files. Zero-byte objects are skipped by it.
     """
     frame = spark.read.format("binaryFile").load(paths)  # type: ignore[attr-defined]
-    # Invalid UTF-8 becomes U+FFFD, so even a garbled object can be written and read back.
-    text = F.make_valid_utf8(F.col("content").cast("string"))
-    lines = frame.select(
+    return frame.select(
         F.regexp_extract("path", _KEY, 1).alias("object_key"),
         F.regexp_extract("path", _KEY_DATE, 1).try_cast("date").alias("dt"),
-        F.explode(F.split(text, "\n")).alias("raw"),
+        F.col("content"),
     )
-    return lines.where(F.trim(F.col("raw")) != "")
+
+
+MetadataRow = tuple[str, date, list[tuple[str, int | None, str]]]
+
+
+def metadata_rows(rows: Iterable[tuple[date, EventMetadata]]) -> list[MetadataRow]:
+    """Metadata rows with the day each was asked for, grouped by object as `METADATA_SCHEMA` rows.
+
+    One row per object key, whatever the days its events came from (its `dt` is the first).
+    """
+    objects: dict[str, MetadataRow] = {}
+    for day, m in rows:
+        objects.setdefault(m.object_key, (m.object_key, day, []))[2].append((m.id, m.line, m.checksum))
+    return list(objects.values())
+
+
+def metadata_frame(spark: object, rows: list[MetadataRow]) -> DataFrame:
+    """The `metadata_rows` of the selected dates as a DataFrame, with the explicit schema."""
+    return spark.createDataFrame(rows, METADATA_SCHEMA, verifySchema=False)  # type: ignore[attr-defined]
+
+
+def _unit(line: Column, event_id: Column, checksum: Column, body: Column) -> Column:
+    return F.struct(
+        line.cast("int").alias("line"),
+        event_id.cast("string").alias("meta_id"),
+        checksum.cast("string").alias("checksum"),
+        body.cast("binary").alias("bytes"),
+    )
+
+
+def verify(objects: DataFrame, metadata: DataFrame) -> DataFrame:
+    """Match the archive to its metadata: one row per event, orphan and missing event.
+
+    `objects` as `raw_objects` gives them, `metadata` as `metadata_frame`. The two are
+    joined by object key (a full outer join: objects without metadata and metadata without
+    objects both show). Within an object:
+
+    - a metadata row with line null takes the whole object;
+    - a metadata row with line N takes line N of the object split on b"\\n" (numbered from
+      0, blank lines included, as `wotr_domain.archive.line_of` does); every other
+      non-empty line of that object is an orphan;
+    - an object no metadata row names is one orphan.
+
+    Result columns: `object_key`, `dt`, `line`, `meta_id` (the metadata row's event id),
+    `bytes` (the event's bytes) and `outcome`: `verified` (SHA-256 of the bytes equals
+    the row's checksum), `checksum mismatch`, `orphan` or `missing` (no such object, or
+    an empty or absent line).
+    """
+    joined = objects.join(metadata.withColumnRenamed("dt", "meta_dt"), "object_key", "full_outer")
+    content, events = F.col("content"), F.col("events")
+    by_line = F.exists(events, lambda e: e["line"].isNotNull())
+    # Lines are split only for objects whose events are lines (null for the others).
+    pieces = F.when(by_line, F.split(F.decode(content, _BYTES_AS_TEXT), "\n"))
+    named = F.transform(
+        events,
+        lambda e: _unit(
+            e["line"],
+            e["event_id"],
+            e["checksum"],
+            F.when(e["line"].isNull(), content).otherwise(F.encode(F.get(pieces, e["line"]), _BYTES_AS_TEXT)),
+        ),
+    )
+    non_empty = F.filter(F.transform(pieces, lambda p, i: F.when(F.length(p) > 0, i)), lambda i: i.isNotNull())
+    unnamed_lines = F.array_except(non_empty, F.transform(events, lambda e: e["line"]))
+    orphan_lines = F.transform(unnamed_lines, lambda i: _unit(i, F.lit(None), F.lit(None), F.lit(None)))
+    nothing = F.lit(None)
+    units = (
+        F.when(events.isNull(), F.array(_unit(nothing, nothing, nothing, nothing)))  # an orphan object
+        .when(by_line, F.concat(named, orphan_lines))
+        .otherwise(named)
+    )
+    rows = joined.select(
+        "object_key", F.coalesce("dt", "meta_dt").alias("dt"), F.explode(units).alias("u")
+    ).select("object_key", "dt", "u.line", "u.meta_id", "u.checksum", "u.bytes")
+    body = F.col("bytes")
+    outcome = (
+        F.when(F.col("meta_id").isNull(), ORPHAN)
+        .when(body.isNull() | (F.length(body) == 0), MISSING)
+        .when(F.sha2(body, 256) != F.col("checksum"), CHECKSUM_MISMATCH)
+        .otherwise(_VERIFIED)
+    )
+    return rows.withColumn("outcome", outcome).drop("checksum")
 
 
 def _blank(c: Column) -> Column:
     return c.isNull() | (F.trim(c) == "")
 
 
-def classify(objects: DataFrame) -> DataFrame:
-    """Parse each object against `RAW_SCHEMA` and give it a status (and a reason if rejected)."""
+def classify(units: DataFrame) -> DataFrame:
+    """Parse each verified event against `RAW_SCHEMA` and give every row its status.
+
+    `units` as `verify` gives them. Only bytes that match their checksum are parsed as
+    events; a mismatch is rejected as `checksum mismatch` whatever it holds.
+    """
+    outcome = F.col("outcome")
+    # Invalid UTF-8 becomes U+FFFD, so even a garbled event can be written and read back.
+    # The checksum was computed on the bytes before this.
+    raw = F.make_valid_utf8(F.col("bytes").cast("string"))
     j = F.from_json("raw", RAW_SCHEMA, {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": CORRUPT})
-    parsed = objects.withColumn("j", j)
+    parsed = units.withColumn("raw", raw).withColumn("j", F.when(outcome == _VERIFIED, j))
     received = F.col("j.received_at").try_cast("timestamp")
     event_time = F.col("j.timestamp").try_cast("timestamp")
     reason = (
-        F.when(F.col("j").isNull() | F.col(f"j.{CORRUPT}").isNotNull(), "not valid JSON")
+        F.when(outcome == CHECKSUM_MISMATCH, CHECKSUM_MISMATCH)
+        .when(outcome != _VERIFIED, None)
+        .when(F.col("j").isNull() | F.col(f"j.{CORRUPT}").isNotNull(), "not valid JSON")
         .when(_blank(F.col("j.id")), "missing id")
         .when(F.col("j.received_at").isNull(), "missing received_at")
         .when(received.isNull(), "received_at is not a timestamp")
@@ -63,6 +182,8 @@ def classify(objects: DataFrame) -> DataFrame:
     fields = parsed.select(
         "object_key",
         "dt",
+        "line",
+        "outcome",
         "raw",
         F.col("j.id").alias("event_id"),
         received.alias("received_at"),
@@ -72,12 +193,18 @@ def classify(objects: DataFrame) -> DataFrame:
         F.col("j.payload").alias("payload"),
         reason.alias("reason"),
     )
-    valid = F.col("reason").isNull()
-    # The earliest copy of an id wins; the key breaks ties so reruns pick the same one.
-    order = Window.partitionBy(valid, "event_id").orderBy("received_at", "object_key")
+    valid = (F.col("outcome") == _VERIFIED) & F.col("reason").isNull()
+    # The earliest copy of an id wins; key and line break ties so reruns pick the same one.
+    order = Window.partitionBy(valid, "event_id").orderBy("received_at", "object_key", "line")
     rank = F.row_number().over(order)
-    status = F.when(~valid, REJECTED).when(rank == 1, WRITTEN).otherwise(DUPLICATE)
-    return fields.withColumn("status", status)
+    status = (
+        F.when(F.col("outcome") == ORPHAN, ORPHAN)
+        .when(F.col("outcome") == MISSING, MISSING)
+        .when(~valid, REJECTED)
+        .when(rank == 1, WRITTEN)
+        .otherwise(DUPLICATE)
+    )
+    return fields.withColumn("status", status).drop("outcome")
 
 
 def curated_rows(classified: DataFrame) -> DataFrame:
@@ -87,7 +214,7 @@ def curated_rows(classified: DataFrame) -> DataFrame:
 
 
 def rejected_rows(classified: DataFrame, run_id: str, at: datetime) -> DataFrame:
-    """The rejected objects with their reason and raw text, in `REJECTED_SCHEMA` order."""
+    """The rejected events with their reason and raw text, in `REJECTED_SCHEMA` order."""
     rows = classified.where(F.col("status") == REJECTED).select(
         "object_key", "reason", "raw", F.lit(run_id).alias("run_id"), F.lit(at).alias("rejected_at"), "dt"
     )

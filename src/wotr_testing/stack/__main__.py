@@ -1,7 +1,7 @@
-"""`python -m wotr_apps.stack ...`: the same commands as `wotr stack ...`."""
+"""`python -m wotr_testing.stack ...`: the same commands as `wotr stack ...`."""
 
 import sys
 
 from .cli import main
 
-sys.exit(main(sys.argv[1:]))
+sys.exit(main(sys.argv[1:], prog="python -m wotr_testing.stack"))

@@ -1,4 +1,9 @@
-"""`wotr stack up | down [--wipe] | start | stop | restart | status | logs | env`."""
+"""`wotr stack up | down [--wipe] | start | stop | restart | status | logs | env`.
+
+Reached three ways: `wotr stack ...` (wotr's CLI finds `main` through the `wotr.commands`
+entry point this package registers), the `wotr-stack` console script (`console`), and
+`python -m wotr_testing.stack`.
+"""
 
 from __future__ import annotations
 
@@ -10,11 +15,11 @@ import time
 from .process import StackError
 from .stack import SERVICE_NAMES, Stack
 
-__all__ = ["main"]
+__all__ = ["console", "main"]
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="wotr stack", description=(
+def _parser(prog: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=(
         "Run Kafka, an S3 server, PostgreSQL and Prometheus natively on 127.0.0.1. "
         "State lives under $WOTR_STACK_HOME (default ~/.local/share/wotr-stack)."))
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -62,8 +67,8 @@ def _status(stack: Stack) -> int:
     return 0 if all(row.healthy for row in rows) else 1
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+def main(argv: list[str] | None = None, *, prog: str = "wotr stack") -> int:
+    args = _parser(prog).parse_args(sys.argv[1:] if argv is None else argv)
     try:
         stack = Stack()
         if args.command in {"up", "start", "restart"}:
@@ -89,3 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     return 0
+
+
+def console() -> int:
+    """The `wotr-stack` console script."""
+    return main(sys.argv[1:], prog="wotr-stack")

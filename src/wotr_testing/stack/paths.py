@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from wotr_apps.settings import variable
+
 __all__ = ["StackPaths", "default_home", "port_offset", "render_template"]
 
 
@@ -28,10 +30,8 @@ def port_offset() -> int:
 
 
 def default_home() -> Path:
-    raw = os.environ.get("WOTR_STACK_HOME", "").strip()
-    if raw:
-        return Path(raw).expanduser().resolve()
-    return Path.home() / ".local" / "share" / "wotr-stack"
+    """`WOTR_STACK_HOME` (default `~/.local/share/wotr-stack`), as wotr's settings declare it."""
+    return variable("WOTR_STACK_HOME").read(os.environ)
 
 
 @dataclass(frozen=True)
