@@ -1,9 +1,9 @@
 """The wotr API under uvicorn with several worker processes, or without the access log.
 
 `wotr serve` hands uvicorn an application object, which runs one process only. Here the
-same application is built by a factory in each worker (container, telemetry, app exactly
-as `wotr_apps.runners.serve` builds them), and each worker gets its own in-process
-ClickHouse engine directory, because the engine locks its directory.
+same application is built by a factory in each worker (the container's app, as
+`wotr serve --api-only` serves it), and each worker gets its own in-process ClickHouse
+engine directory, because the engine locks its directory.
 
     python -m bench.server --workers 2 --chdb-dir /tmp/x    (WOTR_* and service variables from the env)
 """
@@ -18,15 +18,9 @@ def app():
     base = os.environ["WOTR_BENCH_CHDB_DIR"]
     os.environ["CLICKHOUSE_DSN"] = f"chdb://{base}/worker-{os.getpid()}"
 
-    from wotr_apps.api import create_app
     from wotr_apps.container import build_container
-    from wotr_apps.settings import Settings
-    from wotr_apps.telemetry import Telemetry
 
-    settings = Settings.from_env()
-    telemetry = Telemetry("wotr-serve")
-    container = build_container(settings, observers=telemetry)
-    return create_app(container, workers=[], telemetry=telemetry)
+    return build_container(with_workers=False).app()
 
 
 def main(argv: list[str] | None = None) -> int:

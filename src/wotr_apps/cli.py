@@ -128,26 +128,17 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run_service(args: argparse.Namespace) -> int:
     from .container import build_container
-    from .runners import consumer_worker, relay_worker, run_until_signalled, serve, tune_gc_for_batches
+    from .runners import run_until_signalled, serve, tune_gc_for_batches
     from .settings import Settings
-    from .telemetry import Telemetry
 
     settings = Settings.from_env()
-    telemetry = Telemetry(f"wotr-{args.command}")
-    container = build_container(settings, observers=telemetry)
     if args.command == "serve":
-        with_workers = settings.profile != "local" if args.workers is None else args.workers
-        return serve(container, telemetry, with_workers=with_workers)  # 70 when a worker crashed
+        return serve(build_container(settings, role="serve", with_workers=args.workers))  # 70: a worker crashed
+    container = build_container(settings, role=args.command)
     port = args.metrics_port if args.metrics_port is not None else (settings.metrics_port or METRICS_PORTS[args.command])
     if args.command == "consume":
         tune_gc_for_batches()
-        worker = consumer_worker(container, telemetry)
-        deps = {"event_bus": container.event_bus(), "analytics_sink": container.analytics_sink()}
-    else:
-        worker = relay_worker(container)
-        deps = {"object_store": container.object_store(), "metadata_repo": container.metadata_repo(),
-                "event_bus": container.event_bus()}
-    return run_until_signalled(container, worker, telemetry, deps, metrics_port=port, ready_file=args.ready_file)
+    return run_until_signalled(container, metrics_port=port, ready_file=args.ready_file)
 
 
 if __name__ == "__main__":

@@ -18,10 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from .container import Container
-from .telemetry import Telemetry
-from .workers import WorkerThread, describe, run_consumer, run_relay
+from .workers import WorkerThread, describe
 
-__all__ = ["EXIT_WORKER_CRASHED", "consumer_worker", "relay_worker", "run_until_signalled", "serve"]
+__all__ = ["EXIT_WORKER_CRASHED", "run_until_signalled", "serve", "tune_gc_for_batches"]
 
 log = logging.getLogger(__name__)
 
@@ -53,50 +52,24 @@ def tune_gc_for_batches() -> None:
     gc.set_threshold(50_000, 20, 20)
 
 
-def consumer_worker(container: Container, telemetry: Telemetry | None = None) -> WorkerThread:
-    """The consumer thread; its subscription and sink are built (and fail) here, not later."""
-    settings = container.settings()
-    loader = container.analytics_loader()
-    return WorkerThread(
-        "wotr-consumer",
-        lambda stop: run_consumer(
-            loader,
-            stop,
-            batch_size=settings.consumer_batch_size,
-            batch_seconds=settings.consumer_batch_seconds,
-            on_lag=telemetry.record_lag if telemetry else None,
-        ),
-    )
-
-
-def relay_worker(container: Container) -> WorkerThread:
-    settings = container.settings()
-    relay = container.outbox_relay()
-    return WorkerThread(
-        "wotr-relay",
-        lambda stop: run_relay(relay, stop, interval=settings.relay_interval_seconds),
-    )
-
-
-def serve(container: Container, telemetry: Telemetry, *, with_workers: bool) -> int:
-    """Serve the API with uvicorn; with workers, the consumer and relay run in-process.
+def serve(container: Container) -> int:
+    """Serve the container's API with uvicorn (with the consumer and relay threads it
+    carries on the profiles without servers).
 
     Returns the exit status: 0, or `EXIT_WORKER_CRASHED` when a worker crashed (which shuts
     the server down; GET /ready answers 503 naming the worker meanwhile).
     """
-    from .api import create_app
     from .api.server import build_server, run_server
 
-    settings = container.settings()
-    workers = [consumer_worker(container, telemetry), relay_worker(container)] if with_workers else []
+    workers = list(container.serve_workers())
     for worker in workers:
         worker.on_crash = _shut_down_process
-    app = create_app(container, workers=workers, telemetry=telemetry)
+    app = container.app()
     # uvicorn re-raises the SIGTERM it shut down on once it is done: one sent by a crashing
     # worker must not kill the process before it can exit with its status; any other
     # SIGTERM keeps its default effect.
     previous = _on_sigterm(lambda: any(w.error is not None for w in workers))
-    run_server(build_server(app, settings))  # uvicorn, with header limits and read timeouts
+    run_server(build_server(app, container.settings()))  # uvicorn, with header limits and read timeouts
     if previous is not None:
         signal.signal(signal.SIGTERM, previous)
     return _exit_status(workers)
@@ -119,20 +92,17 @@ def _on_sigterm(crashed: Callable[[], bool]) -> Any:
     return signal.signal(signal.SIGTERM, handler)
 
 
-def run_until_signalled(
-    container: Container,
-    worker: WorkerThread,
-    telemetry: Telemetry,
-    dependencies: dict[str, Any],
-    *,
-    metrics_port: int,
-    ready_file: Path | None = None,
-) -> int:
-    """Run one worker in the foreground until SIGTERM or SIGINT, or until it crashes; then
-    stop it cleanly. Returns the exit status: 0, or `EXIT_WORKER_CRASHED`.
+def run_until_signalled(container: Container, *, metrics_port: int, ready_file: Path | None = None) -> int:
+    """Run the container's worker (`wotr consume`: the consumer, `wotr relay`: the relay) in
+    the foreground until SIGTERM or SIGINT, or until it crashes; then stop it cleanly.
+    Returns the exit status: 0, or `EXIT_WORKER_CRASHED`.
 
     Metrics are served on 127.0.0.1:`metrics_port` (0: not served).
     """
+    role = container.role()
+    worker: WorkerThread = container.consumer() if role == "consume" else container.relay()
+    telemetry = container.telemetry()
+    ports = container.ports()
     stopped = threading.Event()
     worker.on_crash = lambda _worker: stopped.set()
 
@@ -144,7 +114,7 @@ def run_until_signalled(
     signal.signal(signal.SIGINT, _stop)
     if metrics_port:
         telemetry.serve(metrics_port, host=container.settings().metrics_host)
-    telemetry.start_sampling(dependencies, repo=dependencies.get("metadata_repo"))
+    telemetry.start_sampling(ports, repo=ports.get("metadata_repo"))
     worker.start()
     print("ready", flush=True)
     if ready_file is not None:

@@ -16,11 +16,12 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 from wotr_domain.errors import Unavailable
 from wotr_domain.services import AnalyticsLoader, OutboxRelay
 
-__all__ = ["Backoff", "describe", "run_consumer", "run_relay", "WorkerThread"]
+__all__ = ["Backoff", "WorkerThread", "consumer_worker", "describe", "relay_worker", "run_consumer", "run_relay"]
 
 log = logging.getLogger(__name__)
 
@@ -157,3 +158,18 @@ class WorkerThread:
     def stop(self, timeout: float = 10.0) -> None:
         self.stop_event.set()
         self._thread.join(timeout)
+
+
+def consumer_worker(loader: AnalyticsLoader, settings: Any, on_lag: Callable[[dict[int, int]], None] | None) -> WorkerThread:
+    """The consumer thread; its subscription and sink are built (and fail) before it starts."""
+    return WorkerThread(
+        "wotr-consumer",
+        lambda stop: run_consumer(
+            loader, stop, batch_size=settings.consumer_batch_size, batch_seconds=settings.consumer_batch_seconds,
+            on_lag=on_lag,
+        ),
+    )
+
+
+def relay_worker(relay: OutboxRelay, settings: Any) -> WorkerThread:
+    return WorkerThread("wotr-relay", lambda stop: run_relay(relay, stop, interval=settings.relay_interval_seconds))

@@ -11,20 +11,21 @@ import json
 import pytest
 from litestar.testing import TestClient
 
-from wotr_apps.api import create_app
 from wotr_apps.container import build_container
 from wotr_apps.settings import Settings
+from dependency_injector import providers
+
 from wotr_apps.workers import WorkerThread, run_consumer
 
 
 @pytest.fixture
 def container():
-    return build_container(Settings.from_env({"WOTR_PROFILE": "memory", "WOTR_MAX_BODY_BYTES": "2048", "WOTR_MAX_BATCH_EVENTS": "5"}))
+    return build_container(Settings.from_env({"WOTR_PROFILE": "memory", "WOTR_MAX_BODY_BYTES": "2048", "WOTR_MAX_BATCH_EVENTS": "5"}), with_workers=False)
 
 
 @pytest.fixture
 def client(container):
-    with TestClient(create_app(container)) as c:
+    with TestClient(container.app()) as c:
         yield c
 
 
@@ -149,7 +150,8 @@ def test_health_and_readiness(client, container):
 
 def test_latest_analytics_rows_after_the_consumer_ran(container):
     worker = WorkerThread("consumer", lambda stop: run_consumer(container.analytics_loader(), stop, batch_size=100, batch_seconds=0.05))
-    with TestClient(create_app(container, workers=[worker])) as client:
+    container.serve_workers.override(providers.Object([worker]))
+    with TestClient(container.app()) as client:
         ids = [client.post("/ingest", json={"payload": {"n": i}}).json()["id"] for i in range(3)]
         import time
 
@@ -168,11 +170,8 @@ def test_openapi_schema_lists_the_endpoints(client):
 
 
 def test_metrics_count_outcomes_and_http_requests():
-    from wotr_apps.telemetry import Telemetry
-
-    telemetry = Telemetry("wotr-test")
-    container = build_container(Settings.from_env({"WOTR_PROFILE": "memory"}), observers=telemetry)
-    with TestClient(create_app(container, telemetry=telemetry)) as client:
+    container = build_container(Settings.from_env({"WOTR_PROFILE": "memory"}), with_workers=False)
+    with TestClient(container.app()) as client:
         client.post("/ingest", json={"payload": {"n": 1}})
         client.post("/ingest", json={"id": "same", "payload": {}})
         client.post("/ingest", json={"id": "same", "payload": {}})

@@ -22,16 +22,15 @@ from pathlib import Path
 
 import httpx
 import pytest
+from dependency_injector import providers
 from litestar.testing import TestClient
 
 from wotr_domain.errors import Unavailable
 from wotr_domain.models import BusMessage, IngestRequest
 from wotr_domain.services import AnalyticsLoader, decode_batch
-from wotr_apps.api import create_app
 from wotr_apps.container import build_container
 from wotr_apps.runners import EXIT_WORKER_CRASHED, run_until_signalled
 from wotr_apps.settings import Settings
-from wotr_apps.telemetry import Telemetry
 from wotr_apps.workers import WorkerThread, run_consumer
 
 
@@ -322,7 +321,8 @@ def test_ready_answers_503_naming_a_crashed_worker():
     container = build_container(Settings.from_env({"WOTR_PROFILE": "memory"}))
     alive = WorkerThread("wotr-relay", lambda stop: stop.wait())
     dead = WorkerThread("wotr-consumer", _boom)
-    with TestClient(create_app(container, workers=[alive, dead])) as client:
+    container.serve_workers.override(providers.Object([alive, dead]))
+    with TestClient(container.app()) as client:
         wait_for(lambda: dead.crashed, what="the crash")
         r = client.get("/ready")
         assert r.status_code == 503
@@ -333,7 +333,7 @@ def test_ready_answers_503_naming_a_crashed_worker():
 
 
 def test_run_until_signalled_returns_70_when_its_worker_crashes(tmp_path):
-    container = build_container(Settings.from_env({"WOTR_PROFILE": "memory"}))
+    container = build_container(Settings.from_env({"WOTR_PROFILE": "memory"}), role="consume")
     handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
     ready = tmp_path / "ready"
 
@@ -342,10 +342,8 @@ def test_run_until_signalled_returns_70_when_its_worker_crashes(tmp_path):
         raise RuntimeError("boom")
 
     try:
-        status = run_until_signalled(
-            container, WorkerThread("wotr-consumer", slow_boom), Telemetry("wotr-test"), {},
-            metrics_port=0, ready_file=ready,
-        )
+        container.consumer.override(providers.Object(WorkerThread("wotr-consumer", slow_boom)))
+        status = run_until_signalled(container, metrics_port=0, ready_file=ready)
     finally:
         for s, h in handlers.items():
             signal.signal(s, h)
@@ -359,13 +357,13 @@ def test_run_until_signalled_returns_70_when_its_worker_crashes(tmp_path):
 # adapters, signal handling and exit status around it.
 _CRASHING_WOTR = textwrap.dedent("""
     import sys, time
-    import wotr_apps.runners as runners
+    import wotr_apps.workers as workers
 
     def crashing_loop(*args, stop=None, **kwargs):
         time.sleep(float(sys.argv[1]))
         raise RuntimeError("injected fault in the loop")
 
-    runners.{loop} = lambda target, stop, **kwargs: crashing_loop(stop=stop)
+    workers.{loop} = lambda target, stop, **kwargs: crashing_loop(stop=stop)
     from wotr_apps.cli import main
     sys.exit(main(sys.argv[2:]))
 """)

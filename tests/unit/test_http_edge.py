@@ -26,7 +26,6 @@ import pytest
 from litestar.testing import TestClient
 
 from wotr_adapters.memory import InMemoryAnalyticsSink, InMemoryEventBus
-from wotr_apps.api import create_app
 from wotr_apps.api.errors import BodyTooLarge
 from wotr_apps.api.ingest import inflate
 from wotr_apps.api.server import HardenedHttpToolsProtocol, build_server
@@ -141,12 +140,12 @@ def test_decode_event_has_the_same_limit_and_the_consumer_dead_letters_it():
 @pytest.fixture
 def container():
     return build_container(Settings.from_env({"WOTR_PROFILE": "memory", "WOTR_MAX_BODY_BYTES": "16384",
-                                              "WOTR_MAX_BATCH_BYTES": "65536"}))
+                                              "WOTR_MAX_BATCH_BYTES": "65536"}), with_workers=False)
 
 
 @pytest.fixture
 def client(container):
-    with TestClient(create_app(container)) as c:
+    with TestClient(container.app()) as c:
         yield c
 
 
@@ -175,8 +174,8 @@ def test_a_deeply_nested_event_is_422_naming_the_limit_and_writes_nothing(client
 def test_a_deep_item_fails_alone_in_a_batch(levels):
     deep = request_body(levels)
     body = b"[" + b",".join([b'{"payload":{"n":1}}', deep, b'{"payload":{"n":2}}']) + b"]"
-    app_container = build_container(Settings.from_env({"WOTR_PROFILE": "memory"}))  # 16 MiB batches
-    with TestClient(create_app(app_container)) as c:
+    app_container = build_container(Settings.from_env({"WOTR_PROFILE": "memory"}), with_workers=False)  # 16 MiB batches
+    with TestClient(app_container.app()) as c:
         r = c.post("/ingest/batch", content=body, headers=JSON)
         assert r.status_code == 207, r.text
         results = r.json()["results"]
@@ -331,8 +330,8 @@ def json_of(response: bytes) -> dict:
 @pytest.fixture(scope="module")
 def server():
     settings = Settings.from_env(SERVER_ENV)
-    container = build_container(settings)
-    uv = build_server(create_app(container), settings, log_level="warning")
+    container = build_container(settings, with_workers=False)
+    uv = build_server(container.app(), settings, log_level="warning")
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)

@@ -14,7 +14,6 @@ from datetime import UTC, datetime
 import pytest
 from litestar.testing import TestClient
 
-from wotr_apps.api import create_app
 from wotr_domain.services import GroupCommit
 from wotr_apps.container import build_container
 from wotr_apps.settings import Settings
@@ -26,12 +25,12 @@ from wotr_domain.services import OutboxRelay
 
 @pytest.fixture
 def container():
-    return build_container(Settings.from_env({"WOTR_PROFILE": "memory"}))
+    return build_container(Settings.from_env({"WOTR_PROFILE": "memory"}), with_workers=False)
 
 
 @pytest.fixture
 def client(container):
-    with TestClient(create_app(container)) as c:
+    with TestClient(container.app()) as c:
         yield c
 
 

@@ -17,11 +17,9 @@ import pytest
 import yaml
 from litestar.testing import TestClient
 
-from wotr_apps.api import create_app
 from wotr_apps.container import build_container
 from wotr_apps.etl.history import RunHistory, RunRecord
 from wotr_apps.settings import Settings
-from wotr_apps.telemetry import Telemetry
 from wotr_domain.models import BusMessage
 from wotr_domain.services import OutboxRelay
 
@@ -75,9 +73,9 @@ def alert_exprs() -> dict[str, str]:
 @pytest.fixture(scope="module")
 def exported() -> set[str]:
     """Drive every metric-recording path on the memory profile and read /metrics."""
-    telemetry = Telemetry("wotr-static-check")
-    container = build_container(Settings.from_env({"WOTR_PROFILE": "memory"}), observers=telemetry)
-    with TestClient(create_app(container, telemetry=telemetry)) as client:
+    container = build_container(Settings.from_env({"WOTR_PROFILE": "memory"}), with_workers=False)
+    telemetry = container.telemetry()
+    with TestClient(container.app()) as client:
         bus = container.event_bus()
         client.post("/ingest", json={"id": "e1", "payload": {"n": 1}})
         client.post("/ingest", json={"id": "e1", "payload": {"n": 1}})

@@ -1,5 +1,5 @@
 """The HTTP API (Litestar)."""
 
-from .app import create_app
+from .app import ApiParts, create_app
 
-__all__ = ["create_app"]
+__all__ = ["ApiParts", "create_app"]
