@@ -13,6 +13,7 @@ healthy while nothing runs.
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable
@@ -56,10 +57,18 @@ def run_consumer(
     lag_every: float = 5.0,
 ) -> None:
     """Poll, load, commit until `stop` is set. An outage (`Unavailable`) is waited out with
-    backoff, the same batch retried; anything else propagates and ends the worker."""
+    backoff, the same batch retried; anything else propagates and ends the worker.
+
+    Polling runs one batch ahead on a thread of its own, so the bus fetches and decodes the
+    next batch while the sink inserts this one; batches are still handled (and committed)
+    one at a time, in order. A batch polled but not handled when `stop` is set is left
+    uncommitted: the bus delivers it again.
+    """
     backoff = Backoff()
     next_lag = 0.0
+    ahead = _PollAhead(loader, stop, batch_size, batch_seconds)
     try:
+        ahead.start()
         while not stop.is_set():
             if on_lag is not None and time.monotonic() >= next_lag:
                 next_lag = time.monotonic() + lag_every
@@ -67,12 +76,7 @@ def run_consumer(
                     on_lag(loader.lag())
                 except Unavailable as e:
                     log.debug("consumer: lag unknown: %s", e)
-            try:
-                batch = loader.poll(batch_size, batch_seconds)
-            except Unavailable as e:
-                log.warning("consumer: bus unavailable, retrying: %s", e)
-                stop.wait(backoff.next())
-                continue
+            batch = ahead.next(timeout=max(batch_seconds, 0.05))
             while batch and not stop.is_set():
                 try:
                     loader.handle(batch, wait=stop.wait)
@@ -82,7 +86,67 @@ def run_consumer(
                     log.warning("consumer: batch of %d not loaded, retrying: %s", len(batch), e)
                     stop.wait(backoff.next())
     finally:
+        stop.set()
+        ahead.join()
         loader.close()
+
+
+class _PollAhead:
+    """Polls on its own thread, at most one batch ahead of the loader.
+
+    A bus outage is waited out here with backoff; any other error is handed to the
+    consumer loop (`next` raises it), so a bug still ends the worker.
+    """
+
+    def __init__(self, loader: AnalyticsLoader, stop: threading.Event, batch_size: int, batch_seconds: float) -> None:
+        self._loader = loader
+        self._stop = stop
+        self._batch_size = batch_size
+        self._batch_seconds = batch_seconds
+        self._ready: queue.Queue[list | BaseException] = queue.Queue(maxsize=1)
+        self._thread = threading.Thread(target=self._run, name="wotr-consumer-poll", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def join(self) -> None:
+        self._thread.join(30)
+
+    def next(self, timeout: float) -> list:
+        """The next polled batch ([] when none came within `timeout`)."""
+        try:
+            item = self._ready.get(timeout=timeout)
+        except queue.Empty:
+            return []
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def _put(self, item: list | BaseException) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._ready.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self) -> None:
+        backoff = Backoff()
+        while not self._stop.is_set():
+            try:
+                # A short wait per poll: the loader's commit takes turns with it on the driver.
+                batch = self._loader.poll(self._batch_size, min(self._batch_seconds, 0.05))
+            except Unavailable as e:
+                log.warning("consumer: bus unavailable, retrying: %s", e)
+                self._stop.wait(backoff.next())
+                continue
+            except Exception as e:  # a bug: the consumer loop raises it and the worker ends
+                self._put(e)
+                return
+            backoff.reset()
+            if batch and not self._put(batch):
+                return
 
 
 def run_relay(relay: OutboxRelay, stop: threading.Event, *, interval: float, batch_size: int = 1000) -> None:

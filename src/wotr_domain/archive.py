@@ -16,8 +16,9 @@ first is the event; the other attempts' objects are removed, and an object (or a
 that no metadata row names is not an event. Readers of the archive take an event's
 bytes only through `event_bytes`, which verifies the checksum.
 
-Bus message. The bus carries exactly the archived bytes, keyed by event id, with headers
-naming the id, the object and (for an NDJSON object) the line. A dead letter is the
+Bus message. The bus carries exactly the archived bytes (JSON), keyed by event id, with
+headers naming the object and (for an NDJSON object) the line: nothing else, because a
+consumer pays for every header of every message. A dead letter is the
 original message with two more headers: `dlq-reason` and `dlq-source`
 (`topic/partition/offset`), on the topic `<topic>.dlq`.
 
@@ -125,8 +126,8 @@ def fingerprint(
 
 
 def bus_message_for(event_id: str, body: bytes, object_key: str, line: int | None = None) -> BusMessage:
-    """The bus carries the archived bytes, keyed by id; headers name the id and the object."""
-    headers = {"content-type": "application/json", "event-id": event_id, "object-key": object_key}
+    """The bus carries the archived bytes, keyed by id; headers name the object and line."""
+    headers = {"object-key": object_key}
     if line is not None:
         headers["object-line"] = str(line)
     return BusMessage(key=event_id, value=body, headers=headers)

@@ -14,6 +14,8 @@ import hashlib
 import re
 from itertools import accumulate
 
+from datetime import datetime
+
 import msgspec
 
 from .errors import InvalidEvent, MalformedJson
@@ -21,7 +23,9 @@ from .models import Event, IngestRequest
 
 __all__ = [
     "MAX_DEPTH",
+    "EventFields",
     "decode_event",
+    "decode_event_fields",
     "decode_request",
     "decode_requests",
     "encode",
@@ -216,6 +220,39 @@ def _item(data: bytes, start: int, end: int) -> bytes:
     if not item:
         raise MalformedJson("JSON is malformed: an empty array item")
     return item
+
+
+class EventFields(msgspec.Struct, frozen=True, kw_only=True):
+    """An archived event with its payload kept as the JSON text it was archived as: what
+    the analytics loader needs, without decoding the payload into objects and encoding it
+    back."""
+
+    id: str
+    received_at: datetime
+    payload: msgspec.Raw
+    source: str | None = None
+    type: str | None = None
+    timestamp: datetime | None = None
+
+
+_fields_decoder = msgspec.json.Decoder(EventFields)
+
+
+def decode_event_fields(data: bytes) -> EventFields:
+    """`decode_event` for readers that pass the payload on as JSON text; same checks and
+    errors (`payload` must be a JSON object)."""
+    data = _bytes(data)
+    if nesting_exceeds(data, _ENVELOPE_DEPTH):
+        raise _too_deep()
+    try:
+        fields = _fields_decoder.decode(data)
+    except (msgspec.ValidationError, msgspec.DecodeError) as e:
+        raise InvalidEvent(str(e)) from e
+    except RecursionError:
+        raise _too_deep() from None
+    if memoryview(fields.payload)[:1] != b"{":
+        raise InvalidEvent("Expected `object`, got another JSON value - at `$.payload`", field="payload")
+    return fields
 
 
 def decode_event(data: bytes) -> Event:

@@ -99,14 +99,14 @@ def test_a_deeply_nested_message_is_dead_lettered_and_the_batch_goes_on(ingest, 
 def test_whatever_the_decoder_raises_dead_letters_that_message_alone(ingest, bus, sink, monkeypatch, error):
     from wotr_domain.services import loader as loader_module
 
-    real = loader_module.decode_event
+    real = loader_module.decode_event_fields
 
     def decode(data: bytes):
         if data == b"poison":
             raise error
         return real(data)
 
-    monkeypatch.setattr(loader_module, "decode_event", decode)
+    monkeypatch.setattr(loader_module, "decode_event_fields", decode)
     good = events(ingest, 1)
     bus.publish([BusMessage(key="p", value=b"poison", headers={})])
     good += events(ingest, 1)
@@ -129,8 +129,8 @@ def test_a_message_without_bytes_is_dead_lettered(ingest, bus, sink):
 def test_the_consumer_thread_survives_poison_and_keeps_loading(ingest, bus, sink, monkeypatch):
     from wotr_domain.services import loader as loader_module
 
-    real = loader_module.decode_event
-    monkeypatch.setattr(loader_module, "decode_event",
+    real = loader_module.decode_event_fields
+    monkeypatch.setattr(loader_module, "decode_event_fields",
                         lambda data: (_ for _ in ()).throw(RecursionError("deep")) if data == b"poison" else real(data))
     bus.publish([BusMessage(key="p", value=b"poison", headers={})])
     worker = WorkerThread("wotr-consumer", lambda stop: run_consumer(new_loader(bus, sink), stop, batch_size=10, batch_seconds=0.02))

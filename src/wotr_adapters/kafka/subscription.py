@@ -8,6 +8,7 @@ shared admin client; dead letters go out through the bus's producer.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -45,6 +46,9 @@ class KafkaSubscription:
         self._committed: dict[int, int] = {}  # next offset committed per owned partition
         self._broker_down = ""
         self._fatal = ""
+        # The driver's synchronous commit waits on the queue a concurrent poll is serving:
+        # a consumer that polls on one thread and commits on another takes turns here.
+        self._driver = threading.Lock()
         self._consumer: Consumer = self._clients.consumer({"group.id": group, "error_cb": self._on_error})
         self._consumer.subscribe([bus.topic], on_assign=self._assigned, on_revoke=self._revoked, on_lost=self._revoked)
 
@@ -69,10 +73,11 @@ class KafkaSubscription:
         from confluent_kafka import KafkaError, KafkaException
 
         try:
-            first = self._consumer.poll(timeout)
-            raw = [first] if first is not None else []
-            if raw and max_messages > 1:
-                raw += self._consumer.consume(max_messages - 1, timeout=0)
+            with self._driver:
+                first = self._consumer.poll(timeout)
+                raw = [first] if first is not None else []
+                if raw and max_messages > 1:
+                    raw += self._consumer.consume(max_messages - 1, timeout=0)
         except KafkaException as e:
             raise Unavailable(DEPENDENCY, f"consume failed: {e.args[0].str()}") from e
         if self._fatal:
@@ -113,7 +118,8 @@ class KafkaSubscription:
         if not offsets:
             return
         try:
-            result = self._consumer.commit(offsets=offsets, asynchronous=False)
+            with self._driver:
+                result = self._consumer.commit(offsets=offsets, asynchronous=False)
         except KafkaException as e:
             code = e.args[0].code()
             if code in self._lost_codes or code == KafkaError._NO_OFFSET:

@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 
 import msgspec
 
-from ..codec import decode_event, encode
+from ..codec import EventFields, decode_event_fields, encode
 from ..errors import InvalidEvent, Refused, Unavailable, WotrError
 from ..models import AnalyticsRow, Delivery, Event
 from ..ports import AnalyticsSink, Subscription
@@ -52,14 +52,17 @@ class LoadOutcome(msgspec.Struct, frozen=True, kw_only=True):
     refused: int = 0  # of `dead_lettered`: rows the sink would not take
 
 
-def row_for(event: Event, object_key: str = "") -> AnalyticsRow:
+def row_for(event: Event | EventFields, object_key: str = "") -> AnalyticsRow:
+    """The analytics row of an event; a payload still in its archived JSON text is kept as is."""
+    payload = event.payload
+    text = bytes(payload).decode() if isinstance(payload, msgspec.Raw) else encode(payload).decode()
     return AnalyticsRow(
         id=event.id,
         created_at=event.received_at,
         event_time=event.timestamp,
         source=event.source or "",
         type=event.type or "",
-        payload=encode(event.payload).decode(),
+        payload=text,
         object_key=object_key,
     )
 
@@ -80,7 +83,7 @@ def _decode(deliveries: Sequence[Delivery]) -> tuple[list[tuple[Delivery, Analyt
     rejects: list[tuple[Delivery, str]] = []
     for d in deliveries:
         try:
-            event = decode_event(d.value)
+            event = decode_event_fields(d.value)
             if d.key is not None and d.key != event.id:
                 rejects.append((d, _reason(f"message key {d.key!r} does not match event id {event.id!r}")))
                 continue
