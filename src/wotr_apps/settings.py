@@ -153,6 +153,19 @@ def _dsn(raw: str) -> str:
     return value
 
 
+_ORIGIN = re.compile(r"[a-z][a-z0-9+.-]*://[^/\s,]+")
+
+
+def _origins(raw: str) -> tuple[str, ...]:
+    """Comma-separated origins (`scheme://host[:port]`, `*` in a part matches anything; `*`
+    alone: every origin); blank: none."""
+    origins = tuple(part.strip() for part in raw.split(",") if part.strip())
+    for origin in origins:
+        if origin != "*" and not _ORIGIN.fullmatch(origin.lower()):
+            raise ValueError(f"must be origins like https://app.example.com (no path), got {origin!r}")
+    return origins
+
+
 # -- the declaration -------------------------------------------------------------------------
 
 
@@ -210,6 +223,8 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("WOTR_DATA_DIR", ".wotr", _path, "the embedded profile's data directory", "data_dir"),
     Variable("WOTR_HOST", "127.0.0.1", _stripped, "API listen address", "host"),
     Variable("WOTR_PORT", "8000", _integer(0), "API listen port", "port"),
+    Variable("WOTR_CORS_ORIGINS", "", _origins, "origins browsers may call the API from (blank: CORS off)",
+             "cors_origins"),
     Variable("WOTR_MAX_BODY_BYTES", str(1024 * 1024), _integer(64), "size limit of one event", "max_body_bytes"),
     Variable("WOTR_MAX_BATCH_BYTES", str(16 * 1024 * 1024), _integer(64), "size limit of one batch",
              "max_batch_bytes"),
@@ -221,6 +236,19 @@ VARIABLES: tuple[Variable, ...] = (
              "header_read_timeout_seconds"),
     Variable("WOTR_BODY_READ_TIMEOUT_SECONDS", "10", _number(0.1), "longest a request body may send nothing",
              "body_read_timeout_seconds"),
+    Variable("WOTR_ACCESS_LOG", "false", _flag, "log one line per HTTP request (costs ~60 µs each)", "access_log"),
+    Variable("WOTR_REQUIRE_WRITE_KEY", "false", _flag, "ingest endpoints answer 401 without a valid write key",
+             "require_write_key"),
+    Variable("WOTR_WRITE_KEY_CACHE_SECONDS", "2", _number(0.0),
+             "how long the API trusts a looked-up write key (bound on revocation delay)", "write_key_cache_seconds"),
+    Variable("WOTR_RATE_LIMIT_PER_SECOND", "0", _number(0.0), "ingest requests per second per key or address (0: off)",
+             "rate_limit_per_second"),
+    Variable("WOTR_RATE_LIMIT_BURST", "0", _integer(0), "requests a client may send at once (0: the rate, at least 1)",
+             "rate_limit_burst"),
+    Variable("WOTR_INGEST_QUEUE_MAX", "2000", _integer(1), "events waiting for a write before POST /ingest sheds (503)",
+             "ingest_queue_max"),
+    Variable("WOTR_BATCHES_IN_FLIGHT_MAX", "8", _integer(1), "batches in flight before POST /ingest/batch sheds (503)",
+             "batches_in_flight_max"),
     Variable("WOTR_CONSUMER_BATCH_SIZE", "5000", _integer(1), "consumer batch size", "consumer_batch_size"),
     Variable("WOTR_CONSUMER_BATCH_SECONDS", "0.2", _number(0.001), "consumer batch time", "consumer_batch_seconds"),
     Variable("WOTR_RELAY_GRACE_SECONDS", "10", _number(0.0), "age before the relay publishes an event",
@@ -294,6 +322,7 @@ class Settings:
     data_dir: Path = Path(".wotr")
     host: str = "127.0.0.1"
     port: int = 8000
+    cors_origins: tuple[str, ...] = ()
     max_body_bytes: int = 1024 * 1024
     max_batch_bytes: int = 16 * 1024 * 1024
     max_batch_events: int = 10_000
@@ -301,6 +330,13 @@ class Settings:
     max_header_bytes: int = 64 * 1024
     header_read_timeout_seconds: float = 10.0
     body_read_timeout_seconds: float = 10.0
+    access_log: bool = False
+    require_write_key: bool = False
+    write_key_cache_seconds: float = 2.0
+    rate_limit_per_second: float = 0.0
+    rate_limit_burst: int = 0
+    ingest_queue_max: int = 2000
+    batches_in_flight_max: int = 8
     consumer_batch_size: int = 5_000
     consumer_batch_seconds: float = 0.2
     relay_grace_seconds: float = 10.0

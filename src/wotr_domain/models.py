@@ -7,6 +7,10 @@ are decoded at the edge with the decoders in `wotr_domain.codec`.
 from __future__ import annotations
 
 import enum
+import hashlib
+import hmac
+import re
+import secrets
 from datetime import datetime
 from typing import Any
 
@@ -24,6 +28,7 @@ __all__ = [
     "ObjectRef",
     "Receipt",
     "Recorded",
+    "WriteKey",
 ]
 
 
@@ -68,7 +73,7 @@ class EventMetadata(msgspec.Struct, frozen=True, kw_only=True):
     source: str | None = None
     type: str | None = None
     line: int | None = None  # the event's line in an NDJSON batch object; None: the object is the event
-    fingerprint: str | None = None  # SHA-256 of what the client sent (`wotr_domain.archive.fingerprint`)
+    fingerprint: str | None = None  # SHA-256 of what the client sent with its own id (`wotr_domain.archive.fingerprint`)
 
 
 class Recorded(msgspec.Struct, frozen=True, kw_only=True):
@@ -139,3 +144,50 @@ class AnalyticsRow(msgspec.Struct, frozen=True, kw_only=True):
     type: str
     payload: str
     object_key: str = ""
+
+
+_WRITE_KEY = re.compile(r"wk_([0-9a-f]{16})_[A-Za-z0-9_-]{43}")
+
+
+class WriteKey(msgspec.Struct, frozen=True, kw_only=True):
+    """A write key as stored: never the key itself, only its SHA-256.
+
+    The key a client sends is `wk_<id>_<secret>`: `id` is 16 hex digits that find the
+    stored record, `secret` 32 random bytes (URL-safe base64, 43 characters; no `:`, so
+    it can be an HTTP Basic user name). It is shown once, by `issue`. The secret has 256
+    bits of entropy, so a plain SHA-256 (no slow KDF) is safe at rest, and checking it
+    costs one hash and a constant-time comparison. `source`, when set, stamps every event
+    sent with the key. A revoked key (`revoked_at` set) authenticates nobody.
+    """
+
+    id: str
+    name: str
+    secret_hash: str
+    created_at: datetime
+    source: str | None = None
+    revoked_at: datetime | None = None
+
+    @classmethod
+    def issue(cls, name: str, created_at: datetime, source: str | None = None) -> tuple[WriteKey, str]:
+        """A new key record and the key itself (to show once; only its hash is kept)."""
+        key_id = secrets.token_hex(8)
+        key = f"wk_{key_id}_{secrets.token_urlsafe(32)}"
+        return cls(id=key_id, name=name, source=source, created_at=created_at, secret_hash=cls.hash(key)), key
+
+    @staticmethod
+    def hash(key: str) -> str:
+        return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+
+    @staticmethod
+    def id_of(key: str) -> str | None:
+        """The key id a presented key names, or None when it is not shaped like a key."""
+        match = _WRITE_KEY.fullmatch(key)
+        return match.group(1) if match else None
+
+    def verifies(self, key: str) -> bool:
+        """The presented `key` is this one (constant-time comparison of the hashes)."""
+        return hmac.compare_digest(self.secret_hash, self.hash(key))
+
+    @property
+    def revoked(self) -> bool:
+        return self.revoked_at is not None

@@ -270,6 +270,7 @@ def build_server(app: Any, settings: Settings, **config: Any) -> uvicorn.Server:
         "host": settings.host,
         "port": settings.port,
         "log_level": "info",
+        "access_log": settings.access_log,
         "timeout_graceful_shutdown": 10,
         "http": http_protocol(EdgeLimits.from_settings(settings)),
     }

@@ -71,11 +71,12 @@ def validate_timestamp(value: datetime | None) -> None:
 
 
 class _Prepared(msgspec.Struct, frozen=True):
-    """A validated event, its archived bytes and the fingerprint of its content."""
+    """A validated event, its archived bytes and the fingerprint of its content (None for
+    an id wotr generated: nothing else can carry it)."""
 
     event: Event
     body: bytes
-    fingerprint: str
+    fingerprint: str | None
     client_id: bool
 
 
@@ -190,7 +191,11 @@ class IngestService:
         body = encode(event)
         if len(body) > self._max_event_bytes:
             raise PayloadTooLarge(len(body), self._max_event_bytes)
-        content = fingerprint(event_id, request.payload, request.source, request.type, request.timestamp)
+        # Only a client's id can be sent again: a generated one needs no fingerprint.
+        content = (
+            fingerprint(event_id, request.payload, request.source, request.type, request.timestamp)
+            if request.id is not None else None
+        )
         return _Prepared(event, body, content, client_id=request.id is not None)
 
     def _accept(self, batch: list[_Prepared]) -> list[Answer]:
