@@ -21,7 +21,7 @@ from wotr_apps.settings import VARIABLES
 
 ROOT = Path(__file__).resolve().parents[2]
 SRC = ROOT / "src"
-RUNTIME = ("wotr_apps", "wotr_adapters", "wotr_domain")
+RUNTIME = ("wotr", "wotr_apps", "wotr_adapters", "wotr_domain")
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 
 
@@ -58,7 +58,7 @@ def test_the_layers_put_the_testing_package_above_the_runtime():
     linter = PYPROJECT["tool"]["importlinter"]
     assert set(linter["root_packages"]) == {"wotr_testing", *RUNTIME}
     layers = [c["layers"] for c in linter["contracts"] if c["type"] == "layers"]
-    assert layers == [["wotr_testing", "wotr_apps", "wotr_adapters", "wotr_domain"]]
+    assert layers == [["wotr_testing", "wotr", "wotr_apps", "wotr_adapters", "wotr_domain"]]
     assert [c["source_modules"] for c in linter["contracts"] if c["type"] == "forbidden"] == [["wotr_domain"]]
 
 
