@@ -7,8 +7,9 @@ WOTR := $(VENV)/bin/wotr
 STAMP := $(VENV)/.installed-test
 RUN_STAMP := $(VENV)/.installed-run
 BENCH_STAMP := $(VENV)/.installed-bench
+EXAMPLE_STAMP := $(VENV)/.installed-example
 
-.PHONY: run test install stack-up stack-down stack-status lint clean run-etl bench-etl bench
+.PHONY: run test install stack-up stack-down stack-status lint clean run-etl bench-etl bench examples
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +44,17 @@ run: $(RUN_STAMP)
 test: $(STAMP)
 	$(WOTR) stack up
 	$(PY) -m pytest
+	$(MAKE) --no-print-directory examples
+
+# The example project that embeds wotr (examples/external-project), installed beside wotr
+# from this checkout; its own suite uses wotr's pytest fixtures.
+$(EXAMPLE_STAMP): $(STAMP) examples/external-project/pyproject.toml
+	$(PY) -m pip install --quiet --no-deps -e examples/external-project
+	touch $(EXAMPLE_STAMP)
+
+## Run the example external project's test suite against this checkout.
+examples: $(EXAMPLE_STAMP)
+	cd examples/external-project && $(abspath $(PY)) -m pytest -q
 
 stack-up: $(STAMP)
 	$(WOTR) stack up

@@ -1,4 +1,14 @@
-"""pytest fixtures that hand tests real services: Kafka, S3, PostgreSQL, ClickHouse.
+"""pytest fixtures for projects that embed wotr, and for wotr's own suites.
+
+In-process platforms (no servers), through the public API (`import wotr`):
+
+- `wotr_platform`: a `wotr.Platform` on the memory profile, consumer and relay threads
+  running; `wotr_embedded_platform`: the same on the embedded profile in a temporary
+  directory (files, SQLite, the in-process ClickHouse engine);
+- `wotr_http`: an HTTP test client (Litestar's, httpx-compatible) against the API on the
+  memory profile, e.g. `wotr_http.post("/ingest", json={"payload": {...}})`.
+
+Real services: Kafka, S3, PostgreSQL, ClickHouse.
 
 Each connection fixture is session-scoped and resolved in this order:
 
@@ -34,6 +44,9 @@ from wotr_testing.stack import Stack, StackError
 from wotr_testing.stack.paths import StackPaths, default_home
 
 __all__ = [
+    "wotr_embedded_platform",
+    "wotr_http",
+    "wotr_platform",
     "clickhouse_connection",
     "docker_available",
     "kafka_connection",
@@ -208,6 +221,36 @@ def prometheus_url(_wotr_services: _Services) -> str:
     if "PROMETHEUS_URL" not in env:
         _unavailable("the native stack exports no PROMETHEUS_URL")
     return env["PROMETHEUS_URL"].rstrip("/")
+
+
+@pytest.fixture
+def wotr_platform() -> Iterator[Any]:
+    """A `wotr.Platform` on the memory profile (consumer and relay threads running), closed after the test."""
+    import wotr
+
+    with wotr.open("memory", env={}) as platform:
+        yield platform
+
+
+@pytest.fixture
+def wotr_embedded_platform(tmp_path: Path) -> Iterator[Any]:
+    """A `wotr.Platform` on the embedded profile with its data under `tmp_path / "wotr"`."""
+    import wotr
+
+    with wotr.open("embedded", env={}, data_dir=tmp_path / "wotr") as platform:
+        yield platform
+
+
+@pytest.fixture
+def wotr_http() -> Iterator[Any]:
+    """An HTTP test client against wotr's API on the memory profile (workers running)."""
+    from litestar.testing import TestClient
+
+    from wotr_apps.container import build_container
+
+    container = build_container(Settings.from_env({}, profile="memory"), with_workers=True)
+    with TestClient(container.app()) as client:
+        yield client
 
 
 @pytest.fixture
