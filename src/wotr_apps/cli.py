@@ -21,7 +21,7 @@ __all__ = ["main"]
 
 METRICS_PORTS = {"consume": 9464, "relay": 9465}
 
-BUILTIN_COMMANDS = frozenset({"serve", "consume", "relay", "ingest", "etl", "replay", "bench"})
+BUILTIN_COMMANDS = frozenset({"serve", "consume", "relay", "ingest", "etl", "replay", "bench", "keys"})
 COMMANDS_GROUP = "wotr.commands"
 # Subcommands other packages provide: their help, and the extra that installs them.
 KNOWN_COMMANDS = {"stack": ("the native local stack: up | down | status | logs ...", "testing")}
@@ -47,6 +47,16 @@ def _run_registered(name: str, entry: EntryPoint | None, argv: list[str]) -> int
     return 2
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return value
+
+
 def _parser(registered: dict[str, EntryPoint] | None = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="wotr", description="wotr event-ingestion platform")
     sub = p.add_subparsers(dest="command", required=True)
@@ -66,8 +76,11 @@ def _parser(registered: dict[str, EntryPoint] | None = None) -> argparse.Argumen
 
     ingest = sub.add_parser("ingest", help="send sample events to a running API")
     ingest.add_argument("--url", default="http://127.0.0.1:8000", help="API base URL (default %(default)s)")
-    ingest.add_argument("-n", "--count", type=int, default=10, help="events to send (default %(default)s)")
-    ingest.add_argument("--batch", type=int, default=0, help="send through /ingest/batch in batches of this size")
+    ingest.add_argument("-n", "--count", type=_positive, default=10, help="events to send (default %(default)s)")
+    ingest.add_argument("--batch", type=_positive, default=0, metavar="N",
+                        help="send through /ingest/batch in batches of N events (default: single events)")
+    ingest.add_argument("-c", "--concurrency", type=_positive, default=8,
+                        help="requests in flight at once (default %(default)s)")
 
     sub.add_parser("etl", help="raw JSON archive -> curated Parquet (PySpark); `wotr etl --help` for options",
                    add_help=False)
@@ -76,6 +89,9 @@ def _parser(registered: dict[str, EntryPoint] | None = None) -> argparse.Argumen
                    add_help=False)
 
     sub.add_parser("bench", help="measure every hop beside its ceiling (source checkout; `wotr bench --help`)",
+                   add_help=False)
+
+    sub.add_parser("keys", help="write keys of the ingest endpoints: create | list | revoke; `wotr keys --help`",
                    add_help=False)
 
     # Listed for the help only: main() hands them their arguments before parsing.
@@ -99,6 +115,10 @@ def main(argv: list[str] | None = None) -> int:
         from .replay_cli import main as replay_main
 
         return replay_main(argv[1:])
+    if argv[:1] == ["keys"]:  # its own subcommands (create, list, revoke)
+        from .keys_cli import main as keys_main
+
+        return keys_main(argv[1:])
     if argv[:1] == ["etl"]:  # the ETL parses its own options (--date, --since, --history, --bench)
         from .etl.cli import main as etl_main
 
@@ -115,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "ingest":
         from .sample import send_samples
 
-        return send_samples(args.url, args.count, args.batch)
+        return send_samples(args.url, args.count, args.batch, args.concurrency)
     try:
         return _run_service(args)
     except ConfigError as e:

@@ -7,14 +7,17 @@ the builder functions below, so a profile never imports another profile's driver
 Every process asks this container for what it runs, and wires nothing itself: the API
 process for `app` (the ASGI application, with its group commit, readiness map, telemetry
 and, on the profiles without servers, the consumer and relay threads), `wotr consume`
-and `wotr relay` for their worker and readiness map, `wotr replay` for `replay`, the
-ETL for its job. `role` names the process (its telemetry service name and which ports
-its readiness checks); the profile decides everything else, here and nowhere else.
+and `wotr relay` for their worker and readiness map, `wotr replay` for `replay`, `wotr
+etl` and its benchmark for `etl_job` (its Spark session a resource, stopped at
+`shutdown_resources()`) and `run_history`. `role` names the process (its telemetry
+service name and which ports its readiness checks); the profile decides everything
+else, here and nowhere else.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
@@ -23,8 +26,11 @@ from dependency_injector import containers, providers
 from wotr_adapters.clickhouse import ClickHouseAnalyticsSink, clickhouse_client
 from wotr_adapters.filesystem import FilesystemObjectStore
 from wotr_adapters.memory import InMemoryAnalyticsSink, InMemoryEventBus, InMemoryMetadataRepo, InMemoryObjectStore
+from wotr_adapters.memory import InMemoryKeyStore
+from wotr_adapters.sqlite_keys import SqliteKeyStore
 from wotr_adapters.sqlite_bus import SqliteEventBus
 from wotr_adapters.sqlite_metadata import SqliteMetadataRepo
+from wotr_domain.errors import ConfigError
 from wotr_domain.services import AnalyticsLoader, GroupCommit, IngestService, OutboxRelay, Replay
 
 from .settings import Settings
@@ -43,8 +49,20 @@ def _started(adapter: Any) -> Iterator[Any]:
         adapter.close()
 
 
+@contextmanager
+def _extra(name: str, profile: str) -> Iterator[None]:
+    """A driver that is not installed is a one-line configuration error naming the extra."""
+    try:
+        yield
+    except ModuleNotFoundError as e:
+        raise ConfigError(
+            "WOTR_PROFILE", f"{profile!r} needs the driver {e.name!r}: install it with pip install 'wotr[{name}]'"
+        ) from e
+
+
 def _clickhouse_client(settings: Settings) -> Iterator[Any]:
-    client = clickhouse_client(settings.clickhouse)
+    with _extra("clickhouse", settings.profile):
+        client = clickhouse_client(settings.clickhouse)
     try:
         yield client
     finally:
@@ -52,21 +70,24 @@ def _clickhouse_client(settings: Settings) -> Iterator[Any]:
 
 
 def _minio_store(settings: Settings) -> Any:
-    from wotr_adapters.minio import MinioObjectStore, minio_client
+    with _extra("minio", settings.profile):
+        from wotr_adapters.minio import MinioObjectStore, minio_client
 
-    return MinioObjectStore(minio_client(settings.s3), settings.s3.bucket)
+        return MinioObjectStore(minio_client(settings.s3), settings.s3.bucket)
 
 
 def _kafka_bus(settings: Settings) -> Any:
-    from wotr_adapters.kafka import kafka_bus
+    with _extra("kafka", settings.profile):
+        from wotr_adapters.kafka import kafka_bus
 
-    return kafka_bus(settings.kafka)
+        return kafka_bus(settings.kafka)
 
 
 def _postgres_pool(settings: Settings) -> Iterator[Any]:
-    from wotr_adapters.postgres import postgres_pool
+    with _extra("postgres", settings.profile):
+        from wotr_adapters.postgres import postgres_pool
 
-    pool = postgres_pool(settings.postgres)
+        pool = postgres_pool(settings.postgres)
     try:
         yield pool
     finally:
@@ -74,9 +95,31 @@ def _postgres_pool(settings: Settings) -> Iterator[Any]:
 
 
 def _run_history(store: Any) -> Any:
-    from .etl.history import RunHistory
+    from .run_history import RunHistory
 
     return RunHistory(store)
+
+
+def _etl_refused() -> Any:
+    raise ConfigError("WOTR_PROFILE", "the ETL runs on the embedded or local profile, not on memory")
+
+
+def _etl_layout(store: Any) -> Any:
+    from .etl.layout import Layout
+
+    return Layout.for_store(store)
+
+
+def _etl_spark(layout: Any, settings: Settings, say: Any) -> Iterator[Any]:
+    from .etl.session import etl_session
+
+    yield from etl_session(layout.root, settings.s3, settings.cache_dir / "spark-jars", say=say)
+
+
+def _etl_job(spark: Any, store: Any, repo: Any, layout: Any, say: Any) -> Any:
+    from .etl.job import EtlJob
+
+    return EtlJob(spark, store, repo, layout, say=say)
 
 
 def _telemetry(role: str) -> Any:
@@ -102,6 +145,48 @@ def _api_parts(**parts: Any) -> Any:
     from .api.app import ApiParts
 
     return ApiParts(**parts)
+
+
+def _postgres_keys(pool: Any, settings: Settings) -> Any:
+    from wotr_adapters.postgres_keys import PostgresKeyStore
+
+    return PostgresKeyStore(pool, schema=settings.postgres.schema)
+
+
+def _postgres_buckets(pool: Any, settings: Settings) -> Any:
+    from wotr_adapters.postgres_keys import PostgresRateLimiter
+
+    return PostgresRateLimiter(pool, schema=settings.postgres.schema)
+
+
+def _local_buckets() -> Any:
+    from .api.limits import LocalBuckets
+
+    return LocalBuckets()
+
+
+def _write_keys(settings: Settings, store: Any) -> Any:
+    """The API's key check, or None when write keys are off (`WOTR_REQUIRE_WRITE_KEY`)."""
+    if not settings.require_write_key:
+        return None
+    from .api.auth import WriteKeys
+
+    return WriteKeys(store, ttl=settings.write_key_cache_seconds)
+
+
+def _rate_limiter(settings: Settings, buckets: Any, profile: str) -> Any:
+    """The API's rate limit, or None when it is off (`WOTR_RATE_LIMIT_PER_SECOND` 0)."""
+    if settings.rate_limit_per_second <= 0:
+        return None
+    from .api.limits import RateLimiter
+
+    return RateLimiter(buckets, settings.rate_limit_per_second, settings.rate_limit_burst, blocking=profile == "local")
+
+
+def _batch_slots(settings: Settings, observer: Any) -> Any:
+    from wotr_domain.services.group_commit import InFlightLimit
+
+    return InFlightLimit(settings.batches_in_flight_max, what="batches", observer=observer)
 
 
 def _postgres_repo(pool: Any, settings: Settings) -> Any:
@@ -212,8 +297,54 @@ class Container(containers.DeclarativeContainer):
         replay=providers.Dict(object_store=object_store, metadata_repo=metadata_repo, event_bus=event_bus),
         etl=providers.Dict(object_store=object_store, metadata_repo=metadata_repo),
     )
-    group_commit = providers.Singleton(GroupCommit, ingest_service.provided.ingest_many)
+    group_commit = providers.Singleton(
+        GroupCommit,
+        ingest_service.provided.ingest_many,
+        max_queued=providers.Callable(lambda s: s.ingest_queue_max, settings),
+        observer=telemetry.provided.ingest,
+    )
+
+    # The API edge: write keys (a port, stored by profile beside the metadata), the token
+    # buckets of the rate limit (in process where one API process serves; in PostgreSQL on
+    # `local`, shared by every API process), and the bound on batches in flight.
+    key_store = providers.Resource(
+        _started,
+        providers.Selector(
+            profile,
+            memory=providers.Singleton(InMemoryKeyStore),
+            embedded=providers.Singleton(
+                SqliteKeyStore, providers.Callable(lambda s: s.data_dir / "keys.db", settings)
+            ),
+            local=providers.Singleton(_postgres_keys, postgres_pool, settings),
+        ),
+    )
+    rate_buckets = providers.Resource(
+        _started,
+        providers.Selector(
+            profile,
+            memory=providers.Singleton(_local_buckets),
+            embedded=providers.Singleton(_local_buckets),
+            local=providers.Singleton(_postgres_buckets, postgres_pool, settings),
+        ),
+    )
+    write_keys = providers.Singleton(_write_keys, settings, key_store.provider)
+    rate_limiter = providers.Singleton(_rate_limiter, settings, rate_buckets.provider, profile)
+    batch_slots = providers.Singleton(_batch_slots, settings, telemetry.provided.ingest)
     run_history = providers.Singleton(_run_history, object_store)
+
+    # The ETL (`wotr etl`, its benchmark): its layout is where the object store is (the
+    # memory profile's store is nowhere a Spark reader could go: refused); its Spark
+    # session a resource, with the s3a jars only when that location is a bucket; `etl_say`
+    # where its progress goes (the CLI overrides it).
+    etl_say = providers.Object(print)
+    etl_layout = providers.Selector(
+        profile,
+        memory=providers.Callable(_etl_refused),
+        embedded=providers.Singleton(_etl_layout, object_store),
+        local=providers.Singleton(_etl_layout, object_store),
+    )
+    etl_spark = providers.Resource(_etl_spark, etl_layout, settings, etl_say)
+    etl_job = providers.Factory(_etl_job, etl_spark, object_store, metadata_repo, etl_layout, etl_say)
 
     consumer = providers.Singleton(consumer_worker, analytics_loader, settings, telemetry.provided.record_lag)
     relay = providers.Singleton(relay_worker, outbox_relay, settings)
@@ -236,6 +367,9 @@ class Container(containers.DeclarativeContainer):
             run_history=run_history.provider,
             workers=serve_workers,
             shutdown=__self__.provided.shutdown_resources,
+            write_keys=write_keys,
+            rate_limiter=rate_limiter,
+            batch_slots=batch_slots,
         ),
     )
 

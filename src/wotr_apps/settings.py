@@ -222,7 +222,7 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("WOTR_PROFILE", "embedded", _profile, "memory, embedded or local: which adapters run", "profile"),
     Variable("WOTR_DATA_DIR", ".wotr", _path, "the embedded profile's data directory", "data_dir"),
     Variable("WOTR_HOST", "127.0.0.1", _stripped, "API listen address", "host"),
-    Variable("WOTR_PORT", "8000", _integer(0), "API listen port", "port"),
+    Variable("WOTR_PORT", "8000", _port, "API listen port", "port"),
     Variable("WOTR_CORS_ORIGINS", "", _origins, "origins browsers may call the API from (blank: CORS off)",
              "cors_origins"),
     Variable("WOTR_MAX_BODY_BYTES", str(1024 * 1024), _integer(64), "size limit of one event", "max_body_bytes"),

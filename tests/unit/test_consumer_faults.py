@@ -328,7 +328,7 @@ def test_ready_answers_503_naming_a_crashed_worker():
         assert r.status_code == 503
         checks = r.json()["checks"]
         assert checks["wotr-relay"] == "ok" and checks["event_bus"] == "ok"
-        assert checks["wotr-consumer"].startswith("down") and "RuntimeError: boom" in checks["wotr-consumer"]
+        assert checks["wotr-consumer"] == "down"  # which one; the error itself goes to the log only
         assert client.get("/health").status_code == 200
 
 

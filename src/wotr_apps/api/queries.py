@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from litestar import Response, get
@@ -16,6 +17,8 @@ from wotr_domain.ports import AnalyticsSink, MetadataRepo
 from .errors import RETRY_AFTER_SECONDS
 
 __all__ = ["event_metadata", "health", "latest_rows", "ready"]
+
+log = logging.getLogger(__name__)
 
 
 @get("/events/{event_id:str}", sync_to_thread=True, summary="Metadata and status of one event")
@@ -44,13 +47,15 @@ def ready(dependencies: NamedDependency[dict[str, Any]], state: State) -> Respon
             adapter.check()
             checks[name] = "ok"
         except WotrError as e:
-            checks[name] = f"down: {e}"
+            checks[name] = "down"
+            log.warning("readiness: %s is down: %s", name, e)  # details for the logs, not for any caller
     for worker in state.get("workers", ()):  # `wotr serve` with the consumer and relay in-process
         try:
             worker.check()
             checks[worker.name] = "ok"
         except WotrError as e:
-            checks[worker.name] = f"down: {e}"
+            checks[worker.name] = "down"
+            log.warning("readiness: worker %s is down: %s", worker.name, e)
     up = all(v == "ok" for v in checks.values())
     return Response(
         {"status": "ready" if up else "unavailable", "checks": checks},
