@@ -9,7 +9,7 @@ RUN_STAMP := $(VENV)/.installed-run
 BENCH_STAMP := $(VENV)/.installed-bench
 EXAMPLE_STAMP := $(VENV)/.installed-example
 
-.PHONY: run test install stack-up stack-down stack-status lint clean run-etl bench-etl bench examples
+.PHONY: run test chromium install stack-up stack-down stack-status lint clean run-etl bench-etl bench examples
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,8 +40,15 @@ bench: $(BENCH_STAMP)
 run: $(RUN_STAMP)
 	$(WOTR) serve
 
+## Headless Chromium for the browser test (tests/unit/test_cors_browser.py): Debian's
+## package, installed only when missing.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  SUDO=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium; }
+
 ## Install everything, bring the native stack up when it is not running, run every suite.
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(WOTR) stack up
 	$(PY) -m pytest
 	$(MAKE) --no-print-directory examples

@@ -93,6 +93,13 @@ def _code(error: BaseException) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def _connection_lost(error: BaseException) -> bool:
+    """Whether a driver error is the transport failing (a server gone), not the query."""
+    from clickhouse_connect.driver.exceptions import OperationalError
+
+    return isinstance(error, OperationalError)
+
+
 def _refuses_data(error: BaseException) -> bool:
     """Whether a driver error is the server or engine rejecting the inserted data itself."""
     from clickhouse_connect.driver.exceptions import DataError, OperationalError, ProgrammingError
@@ -153,6 +160,8 @@ def _ddl(database: str) -> list[str]:
     ]
 
 
+_OUTFILE = re.compile(r"\bOUTFILE\b", re.IGNORECASE)
+_FORMAT = re.compile(r"\bFORMAT\s+\w+\s*;?\s*$", re.IGNORECASE)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 
@@ -164,13 +173,41 @@ def _utc(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=UTC)
 
 
-class ClickHouseAnalyticsSink:
-    """Writes one INSERT per batch into `<database>.ingested_data`."""
+class LazyClient:
+    """A client built on its first call, so that an unreachable server is an `Unavailable`
+    of that call (readiness says so) rather than a failure to start."""
 
-    def __init__(self, client: Any, database: str = "wotr") -> None:
+    def __init__(self, build: Any) -> None:
+        self._build = build
+        self._client: Any = None
+        self._lock = threading.Lock()
+
+    def _get(self) -> Any:
+        with self._lock:
+            if self._client is None:
+                self._client = self._build()
+            return self._client
+
+    def __getattr__(self, name: str) -> Any:
+        return lambda *args, **kwargs: getattr(self._get(), name)(*args, **kwargs)
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+
+
+class ClickHouseAnalyticsSink:
+    """Writes one INSERT per batch into `<database>.ingested_data`.
+
+    With `create=False` the sink creates nothing at start: a reader of a table another
+    process owns (through that process's SQL endpoint).
+    """
+
+    def __init__(self, client: Any, database: str = "wotr", *, create: bool = True) -> None:
         if not _IDENT.fullmatch(database):
             raise ConfigError("the ClickHouse database", f"must be a plain identifier, got {database!r}")
         self._client = client
+        self._create = create
         self._db = database
         self._table = f"{database}.{TABLE}"
         self._lock = threading.Lock()  # the in-process engine runs one query at a time per client
@@ -192,8 +229,32 @@ class ClickHouseAnalyticsSink:
                 raise Refused("clickhouse", f"{what} rejected: a string is not encodable as UTF-8: {e}") from e
 
     def start(self) -> None:
+        """Create the database and table unless they exist (a reader of another process's
+        engine, through its read-only SQL endpoint, finds them and writes nothing)."""
+        if not self._create:
+            return
+        if self._run("schema check", self._client.command, f"EXISTS TABLE {self._table}"):
+            return
         for statement in _ddl(self._db):
             self._run("schema creation", self._client.command, statement)
+
+    def sql(self, query: str, default_format: str = "TabSeparated", parameters: dict[str, str] | None = None) -> bytes:
+        """Run one read-only statement and return its output in its FORMAT (else
+        `default_format`): what the process that owns the engine serves to SQL clients.
+
+        The engine refuses writes (`readonly=1`); `INTO OUTFILE`, which would write a file
+        even then, is refused here. A query the engine rejects is `Refused`.
+        """
+        if _OUTFILE.search(query):
+            raise Refused("clickhouse", "INTO OUTFILE is not served: the endpoint is read-only")
+        with self._lock:
+            try:
+                return self._client.raw_query(query, parameters=parameters or None, settings={"readonly": 1},
+                                              fmt=None if _FORMAT.search(query) else default_format)
+            except _driver_errors() as e:
+                if _connection_lost(e):
+                    raise Unavailable("clickhouse", f"query failed: {_first_line(e)}") from e
+                raise Refused("clickhouse", _first_line(e)) from e
 
     def close(self) -> None:
         """Nothing to release: the client belongs to whoever built it (the container)."""

@@ -96,6 +96,14 @@ class FilesystemObjectStore:
             if e.errno != errno.ENOENT:
                 raise Unavailable("object store", f"cannot delete {key}: {e}") from e
 
+    def location(self, key: str = "") -> str:
+        """`file:///<root>/<key>`, the path as it is: Hadoop and pyarrow take it without
+        percent-decoding, so a space stays a space (unlike `Path.as_uri()`)."""
+        if not key:
+            return f"file://{self.root}"
+        path = self._path(key.removesuffix("/"))
+        return f"file://{path}" + ("/" if key.endswith("/") else "")
+
     def list(self, prefix: str = "") -> Iterator[str]:
         keys = []
         for dirpath, _dirs, files in os.walk(self.root):

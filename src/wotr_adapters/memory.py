@@ -15,10 +15,10 @@ import msgspec
 
 from wotr_domain.archive import dead_letter_for, dead_letter_topic
 from wotr_domain.codec import sha256_hex
-from wotr_domain.errors import NotFound, Refused, Unavailable
-from wotr_domain.models import AnalyticsRow, BusMessage, Delivery, EventMetadata, EventStatus, ObjectRef, Recorded
+from wotr_domain.errors import Conflict, NotFound, Refused, Unavailable
+from wotr_domain.models import AnalyticsRow, BusMessage, Delivery, EventMetadata, EventStatus, ObjectRef, Recorded, WriteKey
 
-__all__ = ["InMemoryAnalyticsSink", "InMemoryEventBus", "InMemoryMetadataRepo", "InMemoryObjectStore"]
+__all__ = ["InMemoryAnalyticsSink", "InMemoryEventBus", "InMemoryKeyStore", "InMemoryMetadataRepo", "InMemoryObjectStore"]
 
 
 class _Switchable:
@@ -80,6 +80,9 @@ class InMemoryObjectStore(_Switchable):
             self._up()
             keys = sorted(k for k in self.objects if k.startswith(prefix))
         return iter(keys)
+
+    def location(self, key: str = "") -> str:
+        raise NotFound(f"an in-memory object store has no location a reader outside the process could use ({key!r})")
 
 
 class InMemoryEventBus(_Switchable):
@@ -281,3 +284,40 @@ class InMemoryAnalyticsSink(_Switchable):
         with self._lock:
             self._up()
             return len(self.rows)
+
+
+class InMemoryKeyStore(_Switchable):
+    """Write keys of the `memory` profile: they live as long as the process."""
+
+    name = "key store"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.keys: dict[str, WriteKey] = {}
+
+    def add(self, key: WriteKey) -> None:
+        with self._lock:
+            self._up()
+            if key.id in self.keys:
+                raise Conflict(f"write key {key.id!r} exists already")
+            self.keys[key.id] = key
+
+    def get(self, key_id: str) -> WriteKey:
+        with self._lock:
+            self._up()
+            try:
+                return self.keys[key_id]
+            except KeyError:
+                raise NotFound(f"write key {key_id!r} does not exist") from None
+
+    def list(self) -> list[WriteKey]:
+        with self._lock:
+            self._up()
+            return sorted(self.keys.values(), key=lambda k: (k.created_at, k.id))
+
+    def revoke(self, key_id: str, at: datetime) -> WriteKey:
+        with self._lock:
+            key = self.get(key_id)
+            if key.revoked_at is None:
+                key = self.keys[key_id] = msgspec.structs.replace(key, revoked_at=at)
+            return key

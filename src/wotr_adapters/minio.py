@@ -144,6 +144,11 @@ class MinioObjectStore:
         # S3 answers a delete of a missing key with success, so no special case is needed.
         self._call(f"delete {key}", self._client.remove_object, bucket_name=self.bucket, object_name=key)
 
+    def location(self, key: str = "") -> str:
+        """`s3://<bucket>/<key>` (`s3://<bucket>` for the root); the endpoint and the
+        credentials are the reader's to configure."""
+        return f"s3://{self.bucket}/{key}" if key else f"s3://{self.bucket}"
+
     def list(self, prefix: str = "") -> Iterator[str]:
         """Keys under `prefix` in lexicographic order (S3 lists in UTF-8 byte order).
 

@@ -69,6 +69,36 @@ def _clickhouse_client(settings: Settings) -> Iterator[Any]:
         client.close()
 
 
+def _analytics_mode(profile: str, role: str, workers: str, settings: Settings) -> str:
+    """Where this process's analytics rows live: `memory`; `engine` (its own in-process
+    engine, or a ClickHouse server); `reader` (the API alone on the local profile with the
+    in-process engine: that engine belongs to `wotr consume`, read through its SQL endpoint)."""
+    if profile == "memory":
+        return "memory"
+    if role == "serve" and workers == "off" and settings.clickhouse.embedded and settings.sql_port:
+        return "reader"
+    return "engine"
+
+
+def _reader_sink(settings: Settings) -> Any:
+    """The consumer's engine, read through its SQL endpoint (ClickHouse HTTP interface)."""
+    from dataclasses import replace
+
+    from wotr_adapters.clickhouse import LazyClient
+
+    endpoint = replace(settings.clickhouse, dsn=None, host=settings.metrics_host, port=settings.sql_port)
+    return ClickHouseAnalyticsSink(LazyClient(lambda: clickhouse_client(endpoint)), endpoint.database, create=False)
+
+
+def _sql_server(mode: str, sink: Any, settings: Settings) -> Any:
+    """The read-only SQL endpoint of a process that owns the in-process engine, else None."""
+    if mode != "engine" or not settings.clickhouse.embedded or not settings.sql_port:
+        return None
+    from .sql_server import SqlServer
+
+    return SqlServer(sink, settings.metrics_host, settings.sql_port)
+
+
 def _minio_store(settings: Settings) -> Any:
     with _extra("minio", settings.profile):
         from wotr_adapters.minio import MinioObjectStore, minio_client
@@ -246,13 +276,15 @@ class Container(containers.DeclarativeContainer):
     clickhouse_sink = providers.Singleton(
         ClickHouseAnalyticsSink, clickhouse, providers.Callable(lambda s: s.clickhouse.database, settings)
     )
+    workers_mode = providers.Callable(_workers_mode, profile, with_workers)
+    analytics_mode = providers.Callable(_analytics_mode, profile, role, workers_mode, settings)
     analytics_sink = providers.Resource(
         _started,
         providers.Selector(
-            profile,
+            analytics_mode,
             memory=providers.Singleton(InMemoryAnalyticsSink),
-            embedded=clickhouse_sink,
-            local=clickhouse_sink,
+            engine=clickhouse_sink,
+            reader=providers.Singleton(_reader_sink, settings),
         ),
     )
 
@@ -290,8 +322,16 @@ class Container(containers.DeclarativeContainer):
     # starts them (a process starts its adapters by asking for this, not as a side effect).
     ports = providers.Selector(
         role,
-        serve=providers.Dict(object_store=object_store, metadata_repo=metadata_repo, event_bus=event_bus,
-                             analytics_sink=analytics_sink),
+        # The API alone on the local profile reads analytics through the consumer: whether
+        # the consumer runs is not the API's readiness (`/analytics/latest` says 503 itself).
+        serve=providers.Selector(
+            analytics_mode,
+            memory=providers.Dict(object_store=object_store, metadata_repo=metadata_repo, event_bus=event_bus,
+                                  analytics_sink=analytics_sink),
+            engine=providers.Dict(object_store=object_store, metadata_repo=metadata_repo, event_bus=event_bus,
+                                  analytics_sink=analytics_sink),
+            reader=providers.Dict(object_store=object_store, metadata_repo=metadata_repo, event_bus=event_bus),
+        ),
         consume=providers.Dict(event_bus=event_bus, analytics_sink=analytics_sink),
         relay=providers.Dict(object_store=object_store, metadata_repo=metadata_repo, event_bus=event_bus),
         replay=providers.Dict(object_store=object_store, metadata_repo=metadata_repo, event_bus=event_bus),
@@ -349,10 +389,11 @@ class Container(containers.DeclarativeContainer):
     consumer = providers.Singleton(consumer_worker, analytics_loader, settings, telemetry.provided.record_lag)
     relay = providers.Singleton(relay_worker, outbox_relay, settings)
     serve_workers = providers.Selector(
-        providers.Callable(_workers_mode, profile, with_workers),
+        workers_mode,
         on=providers.List(consumer, relay),
         off=providers.List(),
     )
+    sql_server = providers.Singleton(_sql_server, analytics_mode, analytics_sink, settings)
     app = providers.Singleton(
         _api,
         providers.Singleton(

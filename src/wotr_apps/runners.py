@@ -65,11 +65,18 @@ def serve(container: Container) -> int:
     for worker in workers:
         worker.on_crash = _shut_down_process
     app = container.app()
+    sql = container.sql_server() if workers else None  # the in-process consumer's engine, for SQL clients
+    if sql is not None:
+        sql.start()
     # uvicorn re-raises the SIGTERM it shut down on once it is done: one sent by a crashing
     # worker must not kill the process before it can exit with its status; any other
     # SIGTERM keeps its default effect.
     previous = _on_sigterm(lambda: any(w.error is not None for w in workers))
-    run_server(build_server(app, container.settings()))  # uvicorn, with header limits and read timeouts
+    try:
+        run_server(build_server(app, container.settings()))  # uvicorn, with header limits and read timeouts
+    finally:
+        if sql is not None:
+            sql.stop()
     if previous is not None:
         signal.signal(signal.SIGTERM, previous)
     return _exit_status(workers)
@@ -115,12 +122,17 @@ def run_until_signalled(container: Container, *, metrics_port: int, ready_file: 
     if metrics_port:
         telemetry.serve(metrics_port, host=container.settings().metrics_host)
     telemetry.start_sampling(ports, repo=ports.get("metadata_repo"))
+    sql = container.sql_server() if role == "consume" else None  # this process owns the engine: serve reads
+    if sql is not None:
+        sql.start()
     worker.start()
     print("ready", flush=True)
     if ready_file is not None:
         ready_file.write_text("ready\n")
     stopped.wait()
     worker.stop(timeout=30)
+    if sql is not None:
+        sql.stop()
     telemetry.shutdown()
     container.shutdown_resources()
     if ready_file is not None:

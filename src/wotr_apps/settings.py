@@ -237,6 +237,8 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("WOTR_BODY_READ_TIMEOUT_SECONDS", "10", _number(0.1), "longest a request body may send nothing",
              "body_read_timeout_seconds"),
     Variable("WOTR_ACCESS_LOG", "false", _flag, "log one line per HTTP request (costs ~60 µs each)", "access_log"),
+    Variable("WOTR_SQL_PORT", "8123", _integer(0), "read-only SQL endpoint of the process owning the analytics engine "
+             "(0: off)", "sql_port"),
     Variable("WOTR_REQUIRE_WRITE_KEY", "false", _flag, "ingest endpoints answer 401 without a valid write key",
              "require_write_key"),
     Variable("WOTR_WRITE_KEY_CACHE_SECONDS", "2", _number(0.0),
@@ -331,6 +333,7 @@ class Settings:
     header_read_timeout_seconds: float = 10.0
     body_read_timeout_seconds: float = 10.0
     access_log: bool = False
+    sql_port: int = 8123
     require_write_key: bool = False
     write_key_cache_seconds: float = 2.0
     rate_limit_per_second: float = 0.0

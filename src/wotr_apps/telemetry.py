@@ -199,6 +199,12 @@ class _IngestMetrics:
         if events:
             self._events.add(events, {"outcome": "failed"})
 
+    def shed(self, events: int) -> None:
+        """Refused at once because the ingest queue or the batches in flight are at their
+        bound (503 + Retry-After); a shed batch counts once (its events were not read)."""
+        if events:
+            self._events.add(events, {"outcome": "shed"})
+
     def published(self, events: int) -> None:
         self._published.add(events, {"path": "api"})
 

@@ -142,6 +142,7 @@ class _PollAhead:
                 self._stop.wait(backoff.next())
                 continue
             except Exception as e:  # a bug: the consumer loop raises it and the worker ends
+                log.error("consumer: polling failed: %s", describe(e))
                 self._put(e)
                 return
             backoff.reset()

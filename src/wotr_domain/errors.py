@@ -13,6 +13,7 @@ __all__ = [
     "InvalidId",
     "MalformedJson",
     "NotFound",
+    "Overloaded",
     "PayloadTooLarge",
     "Refused",
     "Unavailable",
@@ -86,6 +87,18 @@ class Unavailable(WotrError):
         self.detail = detail
         # True when the failure came while committing: the write may have been applied.
         self.uncertain = uncertain
+
+
+class Overloaded(Unavailable):
+    """Load is shed: the work already waiting or in flight is at its bound, so this request
+    is refused at once instead of queueing. Nothing of it was written; retry after
+    `retry_after` seconds."""
+
+    code = "overloaded"
+
+    def __init__(self, dependency: str, detail: str = "", *, retry_after: float = 1.0) -> None:
+        super().__init__(dependency, detail)
+        self.retry_after = retry_after
 
 
 class Refused(WotrError):

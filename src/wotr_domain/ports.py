@@ -10,9 +10,9 @@ from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Protocol, runtime_checkable
 
-from .models import AnalyticsRow, BusMessage, Delivery, EventMetadata, EventStatus, ObjectRef, Recorded
+from .models import AnalyticsRow, BusMessage, Delivery, EventMetadata, EventStatus, ObjectRef, Recorded, WriteKey
 
-__all__ = ["AnalyticsSink", "EventBus", "MetadataRepo", "ObjectStore", "Subscription"]
+__all__ = ["AnalyticsSink", "EventBus", "KeyStore", "MetadataRepo", "ObjectStore", "Subscription"]
 
 
 @runtime_checkable
@@ -43,6 +43,11 @@ class ObjectStore(Lifecycle, Protocol):
 
     def list(self, prefix: str = "") -> Iterator[str]:
         """Keys starting with `prefix`, in lexicographic order."""
+
+    def location(self, key: str = "") -> str:
+        """The URL where a reader outside the adapter finds `key` (a key or a prefix; the
+        store's root when empty): `file:///...` for a directory, `s3://bucket/...` for a
+        bucket. `NotFound` when the store has no location outside the process."""
 
 
 @runtime_checkable
@@ -131,3 +136,21 @@ class AnalyticsSink(Lifecycle, Protocol):
 
     def count(self) -> int:
         """Distinct events loaded."""
+
+
+@runtime_checkable
+class KeyStore(Lifecycle, Protocol):
+    """Write keys, stored hashed (`WriteKey`); the API looks them up by key id."""
+
+    def add(self, key: WriteKey) -> None:
+        """Store a new key; `Conflict` when its id exists already."""
+
+    def get(self, key_id: str) -> WriteKey:
+        """The key with this id, revoked or not; `NotFound` when there is none."""
+
+    def list(self) -> list[WriteKey]:
+        """Every key, revoked ones included, oldest first."""
+
+    def revoke(self, key_id: str, at: datetime) -> WriteKey:
+        """Mark the key revoked at `at` and return it; revoking it again keeps the first
+        time. `NotFound` when there is no such key."""

@@ -22,6 +22,8 @@ from wotr_adapters.filesystem import FilesystemObjectStore
 from wotr_adapters.memory import InMemoryAnalyticsSink, InMemoryEventBus, InMemoryMetadataRepo, InMemoryObjectStore
 from wotr_adapters.sqlite_bus import SqliteEventBus
 from wotr_adapters.sqlite_metadata import SqliteMetadataRepo
+from wotr_adapters.memory import InMemoryKeyStore
+from wotr_adapters.sqlite_keys import SqliteKeyStore
 
 import real_adapters
 
@@ -87,6 +89,45 @@ DOWN_METADATA_REPOS: dict[str, Factory] = {
     "postgres": real_adapters.down_postgres_repo,
 }
 
+# -- key stores ------------------------------------------------------------------------
+
+
+def _postgres_key_store(request: pytest.FixtureRequest, tmp: Path) -> Any:
+    from functools import partial
+
+    from wotr_adapters.postgres import postgres_pool
+    from wotr_adapters.postgres_keys import PostgresKeyStore
+
+    conn = request.getfixturevalue("postgres_connection")
+    store = PostgresKeyStore(partial(postgres_pool, conn, max_size=2), schema=unique("contract_keys_"))
+    request.addfinalizer(partial(real_adapters.drop_schema, conn, store.schema))
+    return store
+
+
+def _down_postgres_key_store(request: pytest.FixtureRequest, tmp: Path) -> Any:
+    from functools import partial
+
+    from wotr_adapters.connections import PostgresConnection
+    from wotr_adapters.postgres import postgres_pool
+    from wotr_adapters.postgres_keys import PostgresKeyStore
+
+    host, port = real_adapters.NOWHERE.split(":")
+    pool = partial(postgres_pool, PostgresConnection(host=host, port=int(port)), timeout=2.0)
+    return PostgresKeyStore(pool, start_timeout=2.0)
+
+
+KEY_STORES: dict[str, Factory] = {
+    "memory": lambda request, tmp: InMemoryKeyStore(),
+    "sqlite": lambda request, tmp: SqliteKeyStore(tmp / "keys.db"),
+    "postgres": _postgres_key_store,
+}
+
+DOWN_KEY_STORES: dict[str, Factory] = {
+    "memory": lambda request, tmp: _outage(InMemoryKeyStore()),
+    "sqlite": lambda request, tmp: SqliteKeyStore(_under_a_file(tmp) / "keys.db"),
+    "postgres": _down_postgres_key_store,
+}
+
 # -- analytics sinks -------------------------------------------------------------------
 
 
@@ -144,6 +185,11 @@ def metadata_repo(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[An
     yield from _started(METADATA_REPOS[request.param], request, tmp_path)
 
 
+@pytest.fixture(params=sorted(KEY_STORES))
+def key_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+    yield from _started(KEY_STORES[request.param], request, tmp_path)
+
+
 @pytest.fixture(params=sorted(ANALYTICS_SINKS))
 def analytics_sink(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
     yield from _started(ANALYTICS_SINKS[request.param], request, tmp_path)
@@ -162,3 +208,4 @@ down_object_store = _down(DOWN_OBJECT_STORES)
 down_event_bus = _down(DOWN_EVENT_BUSES)
 down_metadata_repo = _down(DOWN_METADATA_REPOS)
 down_analytics_sink = _down(DOWN_ANALYTICS_SINKS)
+down_key_store = _down(DOWN_KEY_STORES)

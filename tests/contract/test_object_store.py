@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import pytest
 
+from wotr_adapters.filesystem import FilesystemObjectStore
+from wotr_adapters.memory import InMemoryObjectStore
 from wotr_domain.errors import NotFound, Unavailable
 
 
@@ -75,3 +78,22 @@ def test_an_unreachable_store_raises_unavailable(down_object_store):
         down_object_store().get("raw/x.json")
     with pytest.raises(Unavailable):
         down_object_store().check()
+
+
+def test_location_is_where_a_reader_outside_the_adapter_finds_the_key(object_store):
+    key = "curated/events/dt=2026-01-01/part 0.parquet"  # a space: kept as it is, not percent-encoded
+    object_store.put(key, b"PAR1")
+    if isinstance(object_store, InMemoryObjectStore):
+        with pytest.raises(NotFound, match="in-memory"):
+            object_store.location(key)
+        with pytest.raises(NotFound):
+            object_store.location()
+        return
+    url = object_store.location(key)
+    assert url == f"{object_store.location()}/{key}"
+    if isinstance(object_store, FilesystemObjectStore):
+        assert url.startswith("file:///")
+        assert Path(url.removeprefix("file://")).read_bytes() == b"PAR1"
+    else:
+        assert url.startswith(f"s3://{object_store.bucket}/")
+        assert url == f"s3://{object_store.bucket}/{key}"

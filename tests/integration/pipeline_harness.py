@@ -47,6 +47,7 @@ class Pipeline:
     api_port: int = field(default_factory=free_port)
     consumer_metrics_port: int = field(default_factory=free_port)
     relay_metrics_port: int = field(default_factory=free_port)
+    sql_port: int = field(default_factory=free_port)
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
     extra_env: dict[str, str] = field(default_factory=dict)
 
@@ -67,6 +68,7 @@ class Pipeline:
             "WOTR_RELAY_INTERVAL_SECONDS": "0.5",
             "WOTR_CONSUMER_BATCH_SIZE": "500",
             "WOTR_CONSUMER_BATCH_SECONDS": "0.2",
+            "WOTR_SQL_PORT": str(self.sql_port),  # the consumer serves its engine's rows here
             "MINIO_ENDPOINT": self.s3.endpoint, "MINIO_ACCESS_KEY": self.s3.access_key,
             "MINIO_SECRET_KEY": self.s3.secret_key, "MINIO_BUCKET": self.name,
             "KAFKA_BOOTSTRAP": self.kafka.bootstrap, "KAFKA_TOPIC": self.name, "KAFKA_GROUP": f"{self.name}-analytics",

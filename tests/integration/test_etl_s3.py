@@ -20,6 +20,7 @@ import psycopg
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 import pytest
 from psycopg import sql
 
@@ -125,8 +126,20 @@ def test_etl_reads_and_writes_the_bucket_through_s3a(s3_connection, postgres_con
     forged = msgspec.structs.replace(decode_event(bucket.get(forged_key)), payload={"i": 99})
     bucket.put(forged_key, encode(forged))
     etl = partial(_etl, s3_connection, bucket.bucket, postgres_connection, metadata.schema, tmp_path)
+    # Curated output of an earlier date as the ETL wrote it before its id column was `id`.
+    old_key = "curated/events/dt=2026-02-28/part-00000-old.c000.snappy.parquet"
+    old = pa.table({"event_id": ["old-1"], "received_at": pa.array([datetime(2026, 2, 28, tzinfo=UTC)],
+                                                                    pa.timestamp("us", tz="UTC"))})
+    out = pa.BufferOutputStream()
+    pq.write_table(old, out)
+    bucket.put(old_key, out.getvalue().to_pybytes())
 
     first = etl()
+
+    assert pq.read_table(pa.BufferReader(bucket.get(old_key))).to_pylist() == [
+        {"id": "old-1", "received_at": datetime(2026, 2, 28, tzinfo=UTC)}]  # migrated in place
+    assert bucket.get("curated/_schema") == b"2\n"
+    bucket.delete(old_key)
 
     assert f"source s3a://{bucket.bucket}/raw" in first.stdout
     assert "7 written, 1 rejected, 0 duplicate(s), 2 orphan(s), 1 missing" in first.stdout, first.stdout
@@ -134,12 +147,12 @@ def test_etl_reads_and_writes_the_bucket_through_s3a(s3_connection, postgres_con
         in first.stdout, first.stdout
     rows = _read(s3_connection, f"{bucket.bucket}/curated/events")
     curated = {k: v for k, v in singles.items() if k not in (gone, forged_id)}
-    assert sorted(r["event_id"] for r in rows) == sorted([*curated, *(r.id for r in batch)])
+    assert sorted(r["id"] for r in rows) == sorted([*curated, *(r.id for r in batch)])
     for r in rows:
         if r["object_key"] == batch_key:
             assert r["received_at"] == now and json.loads(r["payload"])["b"] in (0, 1, 2)
         else:
-            assert (r["object_key"], r["received_at"]) == curated[r["event_id"]]
+            assert (r["object_key"], r["received_at"]) == curated[r["id"]]
             assert json.loads(r["payload"])["i"] < 6
     assert {r["dt"] for r in rows} == {D1, D2}
     (rejected,) = _read(s3_connection, f"{bucket.bucket}/curated/rejected")

@@ -95,7 +95,19 @@ def test_the_seed_trace_end_to_end(pipeline):
     on_topic = bus.messages(limit=10, timeout=10)
     assert [m.key for m in on_topic] == [event_id]
     pipeline.wait_loaded(1)
+    # Queryable while the consumer runs: through the API, and with a ClickHouse client
+    # against the consumer's read-only SQL endpoint (the seed's query as written).
+    latest = httpx.get(f"{pipeline.url}/analytics/latest", params={"limit": 5}, timeout=30)
+    assert latest.status_code == 200 and [r["id"] for r in latest.json()] == [event_id]
+    import clickhouse_connect
+
+    live = clickhouse_connect.get_client(host="127.0.0.1", port=pipeline.sql_port)
+    assert [r[0] for r in live.query(SEED_QUERY).result_rows] == [event_id]
+    with pytest.raises(Exception, match="readonly"):
+        live.command("DROP TABLE wotr.ingested_data")
     pipeline.stop("consume")
+    down = httpx.get(f"{pipeline.url}/analytics/latest", timeout=30)
+    assert down.status_code == 503 and httpx.get(f"{pipeline.url}/ready").status_code == 200
     rows = pipeline.clickhouse(SEED_QUERY)
     assert [row[0] for row in rows] == [event_id]
     assert '"example":"hello"' in rows[0][5]

@@ -16,7 +16,9 @@ from typing import Any
 import msgspec
 import pyarrow as pa
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 import pytest
+from dependency_injector import providers
 
 from wotr_adapters.filesystem import FilesystemObjectStore
 from wotr_adapters.memory import InMemoryEventBus
@@ -33,7 +35,7 @@ from wotr_domain.services import IngestService
 D1, D2, D3 = date(2026, 11, 24), date(2026, 11, 25), date(2026, 11, 26)
 
 CURATED_TYPES = {
-    "event_id": pa.string(),
+    "id": pa.string(),
     "received_at": pa.timestamp("us", tz="UTC"),
     "event_time": pa.timestamp("us", tz="UTC"),
     "source": pa.string(),
@@ -101,7 +103,7 @@ class Archive:
         return key, [r.id for r in results]
 
     def job(self, spark: Any) -> EtlJob:
-        return EtlJob(spark, self.store, self.repo, Layout.for_settings(self.settings))
+        return EtlJob(spark, self.store, self.repo, Layout.for_store(self.store))
 
     def curated(self) -> pa.Table:
         return _read(self.root / "curated" / "events")
@@ -119,7 +121,7 @@ def _read(path: Path) -> pa.Table:
 
 
 def _rows(table: pa.Table) -> list[dict[str, Any]]:
-    return sorted(table.to_pylist(), key=lambda r: (r.get("event_id") or "", r["object_key"]))
+    return sorted(table.to_pylist(), key=lambda r: (r.get("id") or "", r["object_key"]))
 
 
 @pytest.fixture
@@ -140,9 +142,9 @@ def test_each_valid_event_becomes_exactly_one_curated_row_with_the_documented_sc
     table = archive.curated()
     assert {f.name: f.type for f in table.schema} == CURATED_TYPES
     rows = _rows(table)
-    assert [r["event_id"] for r in rows] == sorted(archive.events)
+    assert [r["id"] for r in rows] == sorted(archive.events)
     for row in rows:
-        event = archive.events[row["event_id"]]
+        event = archive.events[row["id"]]
         assert row["received_at"] == event.received_at
         assert row["event_time"] == event.timestamp
         assert (row["source"], row["type"]) == (event.source, event.type)
@@ -179,7 +181,7 @@ def test_rerunning_a_date_after_new_events_replaces_only_that_date(spark, archiv
 
     assert (run.dates, run.rows_read, run.rows_written) == ([D2.isoformat()], 5, 5)
     rows = _rows(archive.curated())
-    assert sorted(r["event_id"] for r in rows if r["dt"] == D2) == sorted(first_d2 + later_d2)
+    assert sorted(r["id"] for r in rows if r["dt"] == D2) == sorted(first_d2 + later_d2)
     assert len([r for r in rows if r["dt"] == D1]) == 2
     assert [f for f in archive.files() if "dt=2026-11-24" in f] == d1_files  # D1 not rewritten
     assert len([f for f in archive.files() if "dt=2026-11-25" in f]) == 1
@@ -222,7 +224,7 @@ def test_bad_objects_are_rejected_with_their_reason_and_do_not_fail_the_run(spar
     run = archive.job(spark).run()
 
     assert (run.status, run.rows_read, run.rows_written, run.rows_rejected) == ("succeeded", 12, 2, 10)
-    assert sorted(r["event_id"] for r in archive.curated().to_pylist()) == sorted(good)
+    assert sorted(r["id"] for r in archive.curated().to_pylist()) == sorted(good)
     rejected = {r["object_key"]: r for r in archive.rejected().to_pylist()}
     assert {k: r["reason"] for k, r in rejected.items()} == {f"{day}/{n}": reason for n, (_, reason) in bad.items()}
     assert {k: r["raw"] for k, r in rejected.items()} == {f"{day}/{n}": body.decode(errors="replace")
@@ -319,11 +321,11 @@ def test_good_single_and_batch_objects_of_a_day_are_all_curated(spark, archive):
 
     assert (run.rows_read, run.rows_written, run.rows_rejected, run.orphans, run.missing) == (28, 28, 0, 0, 0)
     rows = _rows(archive.curated())
-    assert sorted(r["event_id"] for r in rows) == sorted(batch_ids + single + ["client-7"])
+    assert sorted(r["id"] for r in rows) == sorted(batch_ids + single + ["client-7"])
     batch_rows = [r for r in rows if r["object_key"] == key]
     assert sorted(json.loads(r["payload"])["b"] for r in batch_rows) == list(range(25))
     assert {r["source"] for r in batch_rows} == {"bulk"}
-    assert [r["object_key"] for r in rows if r["event_id"] == "client-7"] == [chosen.object_key]
+    assert [r["object_key"] for r in rows if r["id"] == "client-7"] == [chosen.object_key]
 
 
 def test_lines_are_numbered_as_the_archive_numbers_them_blank_ones_included(spark, archive):
@@ -338,7 +340,7 @@ def test_lines_are_numbered_as_the_archive_numbers_them_blank_ones_included(spar
     run = archive.job(spark).run()
 
     assert (run.rows_written, run.rows_rejected, run.orphans, run.missing) == (3, 0, 1, 0)  # the "  " line
-    assert sorted(r["event_id"] for r in archive.curated().to_pylist()) == ["h0", "h1", "h2"]
+    assert sorted(r["id"] for r in archive.curated().to_pylist()) == ["h0", "h1", "h2"]
 
 
 def test_objects_and_lines_no_metadata_row_names_are_orphans_not_curated(spark, archive):
@@ -353,7 +355,7 @@ def test_objects_and_lines_no_metadata_row_names_are_orphans_not_curated(spark, 
     run = archive.job(spark).run()
 
     assert (run.rows_read, run.rows_written, run.rows_rejected, run.orphans, run.missing) == (8, 5, 0, 3, 0)
-    assert sorted(r["event_id"] for r in archive.curated().to_pylist()) == sorted(good + batch_ids)
+    assert sorted(r["id"] for r in archive.curated().to_pylist()) == sorted(good + batch_ids)
     assert not (archive.root / "curated" / "rejected").exists()
 
 
@@ -370,7 +372,7 @@ def test_bytes_overwritten_after_recording_are_rejected_as_a_checksum_mismatch(s
     run = archive.job(spark).run()
 
     assert (run.rows_written, run.rows_rejected, run.orphans, run.missing) == (3, 2, 0, 0)
-    assert sorted(r["event_id"] for r in archive.curated().to_pylist()) == sorted([kept, batch_ids[0], batch_ids[2]])
+    assert sorted(r["id"] for r in archive.curated().to_pylist()) == sorted([kept, batch_ids[0], batch_ids[2]])
     rejected = sorted((r["object_key"], r["reason"], r["raw"]) for r in archive.rejected().to_pylist())
     assert rejected == sorted([(key, "checksum mismatch", encode(forged).decode()),
                                (batch_key, "checksum mismatch", lines[1].decode())])
@@ -393,7 +395,7 @@ def test_checksums_are_of_the_bytes_not_of_their_text(spark, archive):
 
     assert (run.rows_written, run.rows_rejected) == (1, 2)
     (row,) = archive.curated().to_pylist()  # g1's bytes are the recorded ones
-    assert (row["event_id"], json.loads(row["payload"])["tags"]) == ("g1", ["a", "\ufffd"])
+    assert (row["id"], json.loads(row["payload"])["tags"]) == ("g1", ["a", "\ufffd"])
     assert sorted((r["object_key"], r["reason"]) for r in archive.rejected().to_pylist()) == sorted([
         (f"{day}/g2.json", "checksum mismatch"), (key, "checksum mismatch")])
 
@@ -411,7 +413,7 @@ def test_metadata_rows_whose_object_or_line_is_gone_are_counted_missing(spark, a
     run = archive.job(spark).run()
 
     assert (run.rows_read, run.rows_written, run.rows_rejected, run.orphans, run.missing) == (4, 3, 0, 1, 4)
-    assert sorted(r["event_id"] for r in archive.curated().to_pylist()) == sorted([kept, *batch_ids[:2]])
+    assert sorted(r["id"] for r in archive.curated().to_pylist()) == sorted([kept, *batch_ids[:2]])
 
 
 def test_rerunning_a_date_gives_the_same_output(spark, archive):
@@ -434,3 +436,81 @@ def test_rerunning_a_date_gives_the_same_output(spark, archive):
     project = lambda rows: sorted((r["object_key"], r["reason"], r["raw"], r["dt"]) for r in rows)  # noqa: E731
     assert project(archive.rejected().to_pylist()) == project(rejected)
     assert {r["run_id"] for r in archive.rejected().to_pylist()} == {again.run_id}
+
+
+# -- the curated schema: `id`, and what was written as `event_id` before ----------------
+
+
+def _old_curated_partition(spark: Any, archive: Archive, day: date, ids: list[str]) -> list[dict[str, Any]]:
+    """A date's curated output as the ETL wrote it before the id column was `id`: its
+    schema (column `event_id`, in that order) written by Spark exactly as the job did."""
+    from pyspark.sql.types import DateType, StringType, StructField, StructType, TimestampType
+
+    old_schema = StructType([
+        StructField("event_id", StringType(), False),
+        StructField("received_at", TimestampType(), False),
+        StructField("event_time", TimestampType(), True),
+        StructField("source", StringType(), True),
+        StructField("type", StringType(), True),
+        StructField("payload", StringType(), False),
+        StructField("object_key", StringType(), False),
+        StructField("dt", DateType(), False),
+    ])
+    at = datetime(day.year, day.month, day.day, 10, 0, tzinfo=UTC)
+    rows = [(i, at + timedelta(seconds=n), None, "old", "t", json.dumps({"n": n}), f"raw/dt={day}/{i}.json", day)
+            for n, i in enumerate(ids)]
+    (spark.createDataFrame(rows, old_schema).repartition("dt").write.mode("overwrite")
+     .option("partitionOverwriteMode", "dynamic").partitionBy("dt").parquet(Layout.for_store(archive.store).curated))
+    return [{"id": r[0], "received_at": r[1], "source": r[3], "payload": r[5], "dt": r[7]} for r in rows]
+
+
+def test_curated_parquet_written_with_event_id_is_migrated_to_id_once(spark, archive):
+    old = _old_curated_partition(spark, archive, D1, ["old-1", "old-2"])
+    (old_file,) = [archive.root / f for f in archive.files() if "dt=2026-11-24" in f]
+    assert "event_id" in pq.read_schema(old_file).names
+    assert (old_file.parent / f".{old_file.name}.crc").exists()  # Hadoop's checksum of the old bytes
+    new = archive.ingest(D2, 2)
+
+    run = archive.job(spark).run(Selection(date=D2))  # D1 is not selected: migrated, not rewritten by Spark
+
+    assert (run.status, run.rows_written) == ("succeeded", 2)
+    assert archive.store.get("curated/_schema").strip() == b"2"
+    assert pq.read_schema(old_file).names == ["id", "received_at", "event_time", "source", "type", "payload",
+                                              "object_key"]
+    assert not (old_file.parent / f".{old_file.name}.crc").exists()
+    table = archive.curated()  # both dates in one dataset: one schema
+    assert {f.name: f.type for f in table.schema} == CURATED_TYPES
+    rows = _rows(table)
+    assert [r["id"] for r in rows] == sorted(["old-1", "old-2", *new])
+    assert [{k: r[k] for k in ("id", "received_at", "source", "payload", "dt")} for r in rows if r["dt"] == D1] == old
+    read_by_spark = spark.read.parquet(Layout.for_store(archive.store).curated).where(f"dt = '{D1}'")
+    assert sorted(r["id"] for r in read_by_spark.select("id").collect()) == ["old-1", "old-2"]
+
+    migrated = old_file.read_bytes()
+    archive.job(spark).run(Selection(date=D2))
+    archive.store.delete("curated/_schema")  # a lost marker: nothing left to rewrite either
+    archive.job(spark).run(Selection(date=D2))
+    assert old_file.read_bytes() == migrated
+    assert archive.store.get("curated/_schema").strip() == b"2"
+
+
+# -- the container wires the ETL ----------------------------------------------------------
+
+
+def test_the_container_builds_the_job_on_the_store_and_leaves_a_session_it_did_not_start(spark, archive):
+    from wotr_apps.container import build_container
+
+    archive.ingest(D1, 2)
+    container = build_container(archive.settings, role="etl")
+    said: list[str] = []
+    container.etl_say.override(providers.Object(said.append))
+    try:
+        assert container.etl_layout().root == f"file://{archive.root}"
+        job = container.etl_job()
+        run = job.run()
+    finally:
+        container.shutdown_resources()
+
+    assert (run.status, run.rows_written) == ("succeeded", 2)
+    assert any(line.startswith(f"run {run.run_id}") for line in said)
+    assert spark.range(3).count() == 3  # the test session is still running

@@ -1,5 +1,6 @@
 """The ETL's parts that need no Spark: date selection, layout, run history, jar cache,
-session settings and the command line."""
+session settings, the schemas derived from the domain model, the migration of curated
+Parquet written before, the container's ETL providers and the command line."""
 
 from __future__ import annotations
 
@@ -15,12 +16,14 @@ from wotr_adapters.filesystem import FilesystemObjectStore
 from wotr_adapters.memory import InMemoryObjectStore
 from wotr_apps.etl import jars
 from wotr_apps.etl.cli import main as etl_main
-from wotr_apps.etl.history import RunHistory, RunRecord, render_table
+from wotr_adapters.minio import MinioObjectStore, minio_client
+from wotr_apps.container import build_container
 from wotr_apps.etl.layout import Layout, Selection, available_dates, select_dates
-from wotr_apps.etl.session import session_conf
+from wotr_apps.etl.session import hadoop_url, session_conf
+from wotr_apps.run_history import RunHistory, RunRecord, render_table
 from wotr_apps.settings import Settings
-from wotr_domain.errors import ConfigError
-from wotr_domain.models import EventMetadata
+from wotr_domain.errors import ConfigError, NotFound
+from wotr_domain.models import Event, EventMetadata
 
 D = date.fromisoformat
 
@@ -52,14 +55,28 @@ def test_date_selection():
         Selection(date=today, since=today)
 
 
-def test_layout_follows_the_profile(tmp_path: Path):
-    embedded = Layout.for_settings(Settings(profile="embedded", data_dir=tmp_path / "my data"))
-    assert embedded.root == f"file://{tmp_path}/my data/objects/raw-data"
-    assert embedded.raw(D("2026-11-24")) == f"file://{tmp_path}/my data/objects/raw-data/raw/dt=2026-11-24"
-    local = Layout.for_settings(Settings(profile="local", s3=S3Connection(bucket="archive")))
-    assert (local.curated, local.rejected) == ("s3a://archive/curated/events", "s3a://archive/curated/rejected")
-    with pytest.raises(ConfigError, match="WOTR_PROFILE"):
-        Layout.for_settings(Settings(profile="memory"))
+def test_the_layout_is_where_the_object_store_is(tmp_path: Path):
+    on_disk = Layout.for_store(FilesystemObjectStore(tmp_path / "my data" / "objects" / "raw-data"))
+    assert on_disk.root == f"file://{tmp_path}/my data/objects/raw-data"  # as it is: Hadoop does not decode
+    assert on_disk.raw(D("2026-11-24")) == f"file://{tmp_path}/my data/objects/raw-data/raw/dt=2026-11-24"
+    bucket = Layout.for_store(MinioObjectStore(minio_client(S3Connection(endpoint="127.0.0.1:1")), "archive"))
+    assert (bucket.curated, bucket.rejected) == ("s3a://archive/curated/events", "s3a://archive/curated/rejected")
+    with pytest.raises(NotFound, match="in-memory"):
+        Layout.for_store(InMemoryObjectStore())
+    assert hadoop_url("s3://b/k") == "s3a://b/k" and hadoop_url("file:///d/s3://x") == "file:///d/s3://x"
+
+
+def test_the_container_gives_the_etl_its_layout_and_refuses_the_memory_profile(tmp_path: Path):
+    container = build_container(Settings(profile="embedded", data_dir=tmp_path / "data"), role="etl")
+    try:
+        assert container.etl_layout().root == f"file://{tmp_path}/data/objects/raw-data"
+    finally:
+        container.shutdown_resources()
+    memory = build_container(Settings(profile="memory"), role="etl")
+    for part in (memory.etl_layout, memory.etl_job, memory.etl_spark):
+        with pytest.raises(ConfigError, match="WOTR_PROFILE"):
+            part()
+    memory.shutdown_resources()
 
 
 # -- history ---------------------------------------------------------------------------
@@ -127,6 +144,121 @@ def test_a_days_metadata_rows_are_grouped_by_object_with_id_line_and_checksum():
     assert metadata_rows([(day, rows[1]), (D("2026-11-25"), late)]) == [
         ("raw/dt=2026-11-24/batch-b.ndjson", day, [("b0", 0, "cb0"), ("b2", 2, "cb0")])]
     assert metadata_rows([]) == []
+
+
+# -- schemas derived from the domain model -------------------------------------------
+
+
+def test_the_schemas_are_derived_from_the_event_model():
+    from pyspark.sql.types import BooleanType, LongType, StringType, TimestampType
+
+    from wotr_apps.etl.schema import CORRUPT, CURATED_SCHEMA, RAW_SCHEMA, REQUIRED_FIELDS, curated_schema, raw_schema
+
+    fields = [f.name for f in msgspec.structs.fields(Event)]
+    assert RAW_SCHEMA.names == [*fields, CORRUPT]
+    assert {f.dataType for f in RAW_SCHEMA.fields} == {StringType()}  # nothing fails the parse
+    assert CURATED_SCHEMA.names == [{"timestamp": "event_time"}.get(n, n) for n in fields] + ["object_key", "dt"]
+    columns = {f.name: (f.dataType, f.nullable) for f in CURATED_SCHEMA.fields}
+    assert columns["id"] == (StringType(), False)  # `id`, as in PostgreSQL and ClickHouse
+    assert columns["received_at"] == (TimestampType(), False)
+    assert columns["payload"] == (StringType(), False)  # its JSON text
+    assert columns["event_time"] == (TimestampType(), True)  # the client's `timestamp`, as in AnalyticsRow
+    assert (columns["source"], columns["type"]) == ((StringType(), True),) * 2
+    assert REQUIRED_FIELDS == ("id", "received_at", "payload")
+
+    class Wider(Event, frozen=True, kw_only=True):  # a field added to the event ...
+        channel: str | None = None
+        attempts: int = 0
+        consented: bool | None = None
+        seen_at: datetime | None = None
+        tags: list[str] = []
+
+    added = ["channel", "attempts", "consented", "seen_at", "tags"]
+    assert raw_schema(Wider).names == [*fields, *added, CORRUPT]  # ... is parsed ...
+    wider = curated_schema(Wider)  # ... and curated, typed from its annotation
+    assert wider.names == [*CURATED_SCHEMA.names[:-2], *added, "object_key", "dt"]
+    assert [(f.dataType, f.nullable) for f in wider.fields if f.name in added] == [
+        (StringType(), True), (LongType(), True), (BooleanType(), True), (TimestampType(), True), (StringType(), True)]
+
+    class Nested(Event, frozen=True, kw_only=True):
+        parent: EventMetadata | None = None
+
+    with pytest.raises(TypeError, match="Nested.parent"):
+        curated_schema(Nested)
+
+
+# -- migration of curated Parquet written before ---------------------------------------
+
+
+def _parquet(table) -> bytes:
+    import io
+
+    import pyarrow.parquet as pq
+
+    out = io.BytesIO()
+    pq.write_table(table, out)
+    return out.getvalue()
+
+
+def _old_table(ids: list[str]):
+    """Curated rows as the ETL wrote them with `event_id`, with Spark's copy of the schema."""
+    import pyarrow as pa
+
+    spark_schema = {"type": "struct", "fields": [
+        {"name": n, "type": t, "nullable": True, "metadata": {}}
+        for n, t in (("event_id", "string"), ("received_at", "timestamp"), ("payload", "string"))]}
+    at = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
+    table = pa.table({"event_id": ids, "received_at": pa.array([at] * len(ids), pa.timestamp("us", tz="UTC")),
+                      "payload": ['{"n":1}'] * len(ids)})
+    return table.replace_schema_metadata({"org.apache.spark.sql.parquet.row.metadata": json.dumps(spark_schema)})
+
+
+@pytest.mark.parametrize("kind", ["memory", "filesystem"])
+def test_curated_parquet_with_event_id_is_rewritten_with_id_once(kind: str, tmp_path: Path):
+    import io
+
+    import pyarrow.parquet as pq
+
+    from wotr_apps.etl.migrate import SCHEMA_VERSION, migrate_curated, schema_version
+
+    store = InMemoryObjectStore() if kind == "memory" else FilesystemObjectStore(tmp_path)
+    store.start()
+    old, new = "curated/events/dt=2026-11-24/part-0.parquet", "curated/events/dt=2026-11-25/part-0.parquet"
+    store.put(old, _parquet(_old_table(["a", "b"])))
+    store.put("curated/events/dt=2026-11-24/.part-0.parquet.crc", b"crc of the old bytes")
+    store.put(new, _parquet(_old_table(["c"]).rename_columns(["id", "received_at", "payload"])))
+    untouched = {
+        "curated/events/_temporary/0/part-9.parquet": _parquet(_old_table(["t"])),  # hidden, as Spark skips it
+        "curated/events/dt=2026-11-26/part-0.parquet": b"PAR1 torn",  # not readable: left alone
+        "curated/rejected/dt=2026-11-24/part-0.parquet": _parquet(_old_table(["r"])),  # not curated events
+    }
+    for key, data in untouched.items():
+        store.put(key, data)
+    new_bytes = store.get(new)
+    said: list[str] = []
+    assert schema_version(store) == 1
+
+    assert migrate_curated(store, say=said.append) == 1
+
+    table = pq.read_table(io.BytesIO(store.get(old)))
+    assert table.column_names == ["id", "received_at", "payload"]
+    assert table.column("id").to_pylist() == ["a", "b"]
+    assert table.schema.field("received_at").type == _old_table([]).schema.field("received_at").type
+    spark_schema = json.loads(table.schema.metadata[b"org.apache.spark.sql.parquet.row.metadata"])
+    assert [f["name"] for f in spark_schema["fields"]] == ["id", "received_at", "payload"]
+    assert not store.exists("curated/events/dt=2026-11-24/.part-0.parquet.crc")
+    assert store.get(new) == new_bytes
+    assert {k: store.get(k) for k in untouched} == untouched
+    assert schema_version(store) == SCHEMA_VERSION == 2 and store.get("curated/_schema") == b"2\n"
+    assert said == ["curated schema 1 -> 2: 1 Parquet file(s) rewritten (event_id -> id)"]
+
+    migrated = store.get(old)
+    assert migrate_curated(store) == 0  # the marker is current: nothing is read
+    store.delete("curated/_schema")
+    assert migrate_curated(store) == 0  # without it: every file checked, none left to rewrite
+    assert store.get(old) == migrated and schema_version(store) == 2
+    store.put("curated/_schema", b"garbage")
+    assert schema_version(store) == 1
 
 
 # -- jars ------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import yaml
 from litestar.testing import TestClient
 
 from wotr_apps.container import build_container
-from wotr_apps.etl.history import RunHistory, RunRecord
+from wotr_apps.run_history import RunHistory, RunRecord
 from wotr_apps.settings import Settings
 from wotr_domain.models import BusMessage
 from wotr_domain.services import OutboxRelay

@@ -148,7 +148,8 @@ class KafkaSubscription:
             if meta is None or meta.error is not None:
                 raise Unavailable(DEPENDENCY, f"topic {topic} is missing")
             partitions = [TopicPartition(topic, p) for p in sorted(meta.partitions)]
-            committed = {tp.partition: tp.offset for tp in self._consumer.committed(partitions, timeout=timeout)}
+            with self._driver:  # like commit, it waits on the queue a concurrent poll serves
+                committed = {tp.partition: tp.offset for tp in self._consumer.committed(partitions, timeout=timeout)}
 
             def offsets(spec: OffsetSpec, which: list[TopicPartition]) -> dict[int, int]:
                 if not which:

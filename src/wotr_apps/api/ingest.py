@@ -20,8 +20,10 @@ from wotr_domain.errors import InvalidEvent, PayloadTooLarge, WotrError
 from wotr_domain.models import BatchItemResult, IngestRequest, Receipt
 from wotr_domain.services import IngestService
 
+from .auth import INGEST_GUARDS, key_source, stamp_source, stamp_sources
 from .errors import SUPPORTED_CODINGS, BodyTooLarge, CorruptBody, UnsupportedContentEncoding, UnsupportedMediaType
 from wotr_domain.services import GroupCommit
+from wotr_domain.services.group_commit import InFlightLimit
 
 __all__ = ["inflate", "ingest_batch", "ingest_one", "parse_batch"]
 
@@ -105,7 +107,7 @@ def inflate(body: bytes, coding: str, limit: int) -> bytes:
             raise CorruptBody(f"the {coding} body has trailing data")
 
 
-@post("/ingest", status_code=202, summary="Ingest one event")
+@post("/ingest", status_code=202, summary="Ingest one event", guards=INGEST_GUARDS)
 async def ingest_one(
     request: Request,
     ingest: NamedDependency[IngestService],
@@ -126,7 +128,7 @@ async def ingest_one(
     except WotrError:
         ingest.note_rejected()
         raise
-    receipt = await group_commit.submit(event)
+    receipt = await group_commit.submit(stamp_source(event, key_source(request)))
     return Response(receipt, status_code=200 if receipt.duplicate else 202)
 
 
@@ -157,10 +159,22 @@ def parse_batch(body: bytes, media_type: str, max_events: int) -> list[IngestReq
     return items
 
 
-@post("/ingest/batch", status_code=202, summary="Ingest a batch of events (JSON array or NDJSON)")
-async def ingest_batch(request: Request, ingest: NamedDependency[IngestService], limits: NamedDependency[dict]) -> Response[dict]:
+@post("/ingest/batch", status_code=202, summary="Ingest a batch of events (JSON array or NDJSON)", guards=INGEST_GUARDS)
+async def ingest_batch(
+    request: Request,
+    ingest: NamedDependency[IngestService],
+    limits: NamedDependency[dict],
+    batch_slots: NamedDependency[InFlightLimit],
+) -> Response[dict]:
     """Per-event results in input order: 202 when every event was accepted, 207 when some
-    were rejected, 422 when none was. Content-Encoding gzip or deflate accepted."""
+    were rejected, 422 when none was. Content-Encoding gzip or deflate accepted. 503 at
+    once (before the body is read) when the batches in flight are at their bound."""
+    with batch_slots.admit():
+        return await _ingest_batch(request, ingest, limits)
+
+
+async def _ingest_batch(request: Request, ingest: IngestService, limits: dict) -> Response[dict]:
+    source = key_source(request)
     try:
         media_type = _media_type(request)
         _check_batch_type(media_type)
@@ -177,7 +191,7 @@ async def ingest_batch(request: Request, ingest: NamedDependency[IngestService],
         except WotrError:
             ingest.note_rejected()
             raise
-        return ingest.ingest_batch(items)
+        return ingest.ingest_batch(stamp_sources(items, source))
 
     results = await anyio.to_thread.run_sync(parse_and_ingest)
     rejected = sum(1 for r in results if r.error is not None)

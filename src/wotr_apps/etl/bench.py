@@ -66,6 +66,13 @@ def generate(
     return broken
 
 
+def _directory(location: str) -> Path:
+    """The directory of a `file://` store location (the embedded profile's object store)."""
+    if not location.startswith("file://"):
+        raise ValueError(f"the benchmark writes raw objects as files, not to {location}")
+    return Path(location.removeprefix("file://"))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m wotr_apps.etl.bench", description=__doc__.splitlines()[0])
     p.add_argument("--events", type=int, default=100_000, help="raw events to generate (default %(default)s)")
@@ -75,35 +82,32 @@ def main(argv: list[str] | None = None) -> int:
     if args.events < 1 or args.days < 1 or args.runs < 1:
         p.error("--events, --days and --runs must be positive")
 
+    from dependency_injector import providers
+
     from ..container import build_container
     from ..settings import Settings
-    from .job import EtlJob
-    from .layout import Layout
-    from .session import spark_session
+
+    def say(message: str) -> None:
+        print(message, flush=True)
 
     with tempfile.TemporaryDirectory(prefix="wotr-etl-bench-") as tmp:
-        settings = Settings(profile="embedded", data_dir=Path(tmp))
-        container = build_container(settings)
+        container = build_container(Settings(profile="embedded", data_dir=Path(tmp)), role="etl")
+        container.etl_say.override(providers.Object(say))
         try:
-            repo = container.metadata_repo()  # the embedded profile's SQLite file in the temp dir
+            store, repo = container.object_store(), container.metadata_repo()  # files and SQLite in the temp dir
             t0 = time.monotonic()
-            broken = generate(settings.data_dir / "objects" / settings.bucket, repo, args.events, args.days)
-            print(f"generated {args.events:,} raw events and their metadata over {args.days} date(s) "
-                  f"({broken:,} torn) in {time.monotonic() - t0:.1f}s", flush=True)
-            t0 = time.monotonic()
-            spark = spark_session()
-            print(f"Spark started in {time.monotonic() - t0:.1f}s", flush=True)
-            job = EtlJob(spark, container.object_store(), repo, Layout.for_settings(settings),
-                         say=lambda m: print(m, flush=True))
+            broken = generate(_directory(store.location()), repo, args.events, args.days)
+            say(f"generated {args.events:,} raw events and their metadata over {args.days} date(s) "
+                f"({broken:,} torn) in {time.monotonic() - t0:.1f}s")
+            job = container.etl_job()  # starts Spark, saying how long that took
             for n in range(1, args.runs + 1):
                 run = job.run()
                 rate = run.rows_read / run.duration_seconds
-                print(f"run {n}: {run.rows_read:,} objects read, {run.rows_written:,} written, "
-                      f"{run.rows_rejected:,} rejected, {run.orphans:,} orphans, {run.missing:,} missing "
-                      f"in {run.duration_seconds:.1f}s -> {rate:,.0f} rows/s", flush=True)
-            spark.stop()
+                say(f"run {n}: {run.rows_read:,} objects read, {run.rows_written:,} written, "
+                    f"{run.rows_rejected:,} rejected, {run.orphans:,} orphans, {run.missing:,} missing "
+                    f"in {run.duration_seconds:.1f}s -> {rate:,.0f} rows/s")
         finally:
-            container.shutdown_resources()
+            container.shutdown_resources()  # stops Spark and closes the repository
     return 0
 
 

@@ -1,8 +1,10 @@
 """`wotr etl`: run the raw-to-curated job, show its run history, or benchmark it.
 
-Configuration is the API's (`Settings.from_env()`): the profile decides whether the job
-reads a local directory and the SQLite metadata (embedded) or an S3 bucket through s3a
-and the PostgreSQL metadata (local).
+Configuration is the API's (`Settings.from_env()`), and so is the wiring: the container
+(`build_container(settings, role="etl")`) gives the layout, the job (its Spark session,
+object store and metadata repository) and the run history; the profile decides there
+whether that is a local directory and the SQLite metadata (embedded) or an S3 bucket
+through s3a and the PostgreSQL metadata (local), and refuses the memory profile.
 """
 
 from __future__ import annotations
@@ -10,17 +12,9 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import time
 from datetime import date
-from typing import TYPE_CHECKING
 
 from wotr_domain.errors import ConfigError, Unavailable
-
-if TYPE_CHECKING:
-    from wotr_domain.ports import MetadataRepo, ObjectStore
-
-    from ..settings import Settings
-    from .layout import Layout, Selection
 
 __all__ = ["main", "parser"]
 
@@ -65,51 +59,37 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from dependency_injector import providers
+
     from ..container import build_container
+    from ..run_history import render_table
     from ..settings import Settings
-    from .history import RunHistory, render_table
-    from .layout import Layout, Selection
+    from .jars import JarResolutionError
+    from .layout import Selection
 
     settings = Settings.from_env()
-    layout = Layout.for_settings(settings)  # refuses the memory profile before anything starts
-    container = build_container(settings)
+    container = build_container(settings, role="etl")
+    container.etl_say.override(providers.Object(say))
     try:
-        store = container.object_store()
+        layout = container.etl_layout()  # refuses the memory profile before anything starts
         if args.history:
-            print(render_table(RunHistory(store).runs(args.limit)))
+            print(render_table(container.run_history().runs(args.limit)))
             return 0
-        repo = container.metadata_repo()
-        return _etl(settings, store, repo, layout, Selection(date=args.date, since=args.since))
+        container.ports()  # the object store and the metadata repository, started
+        selection = Selection(date=args.date, since=args.since)
+        say(f"wotr etl: profile {settings.profile}, {selection.describe()}, source {layout.uri('raw')}")
+        try:
+            job = container.etl_job()  # starts Spark (and resolves the s3a jars first, on a bucket)
+        except JarResolutionError as e:
+            print(f"wotr etl: {e}", file=sys.stderr)
+            return 4
+        try:
+            run = job.run(selection)
+        except Exception as e:  # the run is recorded as failed; say why in a line or two
+            print(f"wotr etl: run failed: {_reason(e)}", file=sys.stderr)
+            return 1
     finally:
-        container.shutdown_resources()
-
-
-def _etl(settings: Settings, store: ObjectStore, repo: MetadataRepo, layout: Layout, selection: Selection) -> int:
-    from pyspark.sql import SparkSession
-
-    from .jars import JarResolutionError, ensure_jars
-    from .job import EtlJob
-    from .session import spark_session
-
-    say(f"wotr etl: profile {settings.profile}, {selection.describe()}, source {layout.uri('raw')}")
-    try:
-        jars = ensure_jars(say=say) if settings.profile == "local" else []
-    except JarResolutionError as e:
-        print(f"wotr etl: {e}", file=sys.stderr)
-        return 4
-    owned = SparkSession.getActiveSession() is None
-    started = time.monotonic()
-    spark = spark_session(settings.s3 if settings.profile == "local" else None, jars, say=say)
-    if owned:
-        say(f"Spark ready in {time.monotonic() - started:.1f}s")
-    try:
-        run = EtlJob(spark, store, repo, layout, say=say).run(selection)
-    except Exception as e:  # the run is recorded as failed; say why in a line or two
-        print(f"wotr etl: run failed: {_reason(e)}", file=sys.stderr)
-        return 1
-    finally:
-        if owned:
-            spark.stop()
+        container.shutdown_resources()  # stops Spark (if this process started it) and the adapters
     if run.status == "succeeded":
         say(
             f"done in {run.duration_seconds:.1f}s: {run.rows_read:,} read, {run.rows_written:,} written, "

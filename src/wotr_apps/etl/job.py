@@ -9,6 +9,9 @@ missing; none of them is ever curated.
 Idempotent per date: the output is written with dynamic partition overwrite, so a run
 replaces exactly the `dt=` partitions it read, and a date that now yields no rows has
 its old partition removed. Every run is recorded in the run history.
+
+Before anything else a run brings the curated Parquet already written to the current
+curated schema (`migrate.migrate_curated`: a marker object, then nothing to do).
 """
 
 from __future__ import annotations
@@ -24,8 +27,9 @@ from wotr_domain.ids import new_event_id
 from wotr_domain.models import EventMetadata
 from wotr_domain.ports import MetadataRepo, ObjectStore
 
-from .history import RunHistory, RunRecord
+from ..run_history import RunHistory, RunRecord
 from .layout import CURATED_PREFIX, REJECTED_PREFIX, Layout, Selection, available_dates, select_dates
+from .migrate import migrate_curated
 from .transform import (
     DUPLICATE,
     MISSING,
@@ -73,6 +77,7 @@ class EtlJob:
     def run(self, selection: Selection = Selection()) -> RunRecord:
         """Process the selected dates and return the run's record (also stored)."""
         started, t0 = self._clock(), time.monotonic()
+        migrate_curated(self._store, say=self._say)
         run = RunRecord(run_id=new_event_id(), started_at=started, status="running",
                         selection=selection.describe(), output=self._layout.curated)
         available = available_dates(self._store, selection.date)

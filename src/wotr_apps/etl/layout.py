@@ -1,7 +1,9 @@
 """Where the ETL reads and writes, and which raw dates a run selects.
 
 The object store keys (`raw/dt=YYYY-MM-DD/<id>.json`, `curated/...`) are the same on
-every profile; only the root differs: a directory on `embedded`, a bucket on `local`.
+every store; only the root differs, and the store says where it is
+(`ObjectStore.location()`: a directory's `file://` URL, a bucket's `s3://` one, read by
+Spark through s3a, see `session.hadoop_url`).
 """
 
 from __future__ import annotations
@@ -11,34 +13,39 @@ from collections import Counter
 from dataclasses import dataclass
 from datetime import date
 
-from wotr_domain.errors import ConfigError
 from wotr_domain.ports import ObjectStore
 
-from ..settings import Settings
+from ..run_history import RUNS_PREFIX
+from .session import hadoop_url
 
-__all__ = ["CURATED_PREFIX", "REJECTED_PREFIX", "RUNS_PREFIX", "Layout", "Selection", "available_dates", "select_dates"]
+__all__ = [
+    "CURATED_PREFIX",
+    "REJECTED_PREFIX",
+    "RUNS_PREFIX",
+    "SCHEMA_MARKER",
+    "Layout",
+    "Selection",
+    "available_dates",
+    "select_dates",
+]
 
 RAW = "raw/"
 CURATED_PREFIX = "curated/events"
 REJECTED_PREFIX = "curated/rejected"
-RUNS_PREFIX = "curated/_runs/"
+SCHEMA_MARKER = "curated/_schema"  # the version of the curated schema (`migrate`)
 _RAW_KEY = re.compile(r"^raw/dt=(\d{4}-\d{2}-\d{2})/([^/]+)$")
 
 
 @dataclass(frozen=True, slots=True)
 class Layout:
-    """The bucket root as Spark addresses it (`file:///...` or `s3a://bucket`)."""
+    """The store's root as Spark addresses it (`file:///...` or `s3a://bucket`)."""
 
     root: str
 
     @classmethod
-    def for_settings(cls, settings: Settings) -> Layout:
-        if settings.profile == "local":
-            return cls(f"s3a://{settings.bucket}")
-        if settings.profile == "embedded":
-            # Hadoop takes the path as is: no percent-encoding, unlike Path.as_uri().
-            return cls("file://" + str((settings.data_dir / "objects" / settings.bucket).resolve()))
-        raise ConfigError("WOTR_PROFILE", "the ETL runs on the embedded or local profile, not on memory")
+    def for_store(cls, store: ObjectStore) -> Layout:
+        """The layout of `store`'s keys, at its location (`NotFound` for a store without one)."""
+        return cls(hadoop_url(store.location()))
 
     def uri(self, key: str) -> str:
         return f"{self.root}/{key.strip('/')}"

@@ -2,21 +2,35 @@
 
 One session per process (Spark allows one context per JVM): `spark_session` reuses the
 active one, so tests share a single session and the CLI pays the start-up once.
+
+This is also the one place that knows how Hadoop names a store's location: the object
+store says `s3://bucket/...` and Hadoop's S3 connector reads `s3a://bucket/...`
+(`hadoop_url`); `etl_session` decides from that URL whether the session needs the s3a
+jars and settings. The container builds the session with it, as a resource.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from wotr_adapters.connections import S3Connection
 
-__all__ = ["s3a_conf", "session_conf", "spark_session"]
+__all__ = ["S3A", "etl_session", "hadoop_url", "s3a_conf", "session_conf", "spark_session"]
+
+S3A = "s3a://"
+
+
+def hadoop_url(location: str) -> str:
+    """A store's location (`ObjectStore.location`) as Hadoop addresses it: `s3://` is
+    read through the s3a connector (`s3a://`); `file://` and the rest stay as they are."""
+    return S3A + location.removeprefix("s3://") if location.startswith("s3://") else location
 
 
 def s3a_conf(s3: S3Connection) -> dict[str, str]:
@@ -109,3 +123,36 @@ def spark_session(
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
     return spark
+
+
+def etl_session(
+    root: str,
+    s3: S3Connection,
+    jars_dir: Path | None = None,
+    *,
+    say: Callable[[str], None] = lambda _m: None,
+) -> Iterator[Any]:
+    """The ETL's SparkSession for data under `root` (a Hadoop URL), as a generator for a
+    `Resource`: started on first use, stopped when the resource is shut down (only if
+    it started it; a session already active in the process is left running).
+
+    The s3a jars (resolved with Maven once, `jars.ensure_jars`) and the s3a settings
+    from `s3` are used only when `root` is on S3; `JarResolutionError` when they cannot
+    be resolved.
+    """
+    from pyspark.sql import SparkSession
+
+    from .jars import ensure_jars
+
+    on_s3 = root.startswith(S3A)
+    jars = ensure_jars(jars_dir, say=say) if on_s3 else []
+    owned = SparkSession.getActiveSession() is None
+    started = time.monotonic()
+    spark = spark_session(s3 if on_s3 else None, jars, say=say)
+    if owned:
+        say(f"Spark ready in {time.monotonic() - started:.1f}s")
+    try:
+        yield spark
+    finally:
+        if owned:
+            spark.stop()

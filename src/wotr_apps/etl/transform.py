@@ -20,10 +20,11 @@ from datetime import date, datetime
 
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
+from pyspark.sql.types import StringType
 
 from wotr_domain.models import EventMetadata
 
-from .schema import CORRUPT, CURATED_SCHEMA, METADATA_SCHEMA, RAW_SCHEMA, REJECTED_SCHEMA
+from .schema import CORRUPT, CURATED_SCHEMA, EVENT_COLUMNS, METADATA_SCHEMA, RAW_SCHEMA, REJECTED_SCHEMA, EventColumn
 
 __all__ = [
     "CHECKSUM_MISMATCH",
@@ -122,7 +123,7 @@ def verify(objects: DataFrame, metadata: DataFrame) -> DataFrame:
         events,
         lambda e: _unit(
             e["line"],
-            e["event_id"],
+            e["id"],
             e["checksum"],
             F.when(e["line"].isNull(), content).otherwise(F.encode(F.get(pieces, e["line"]), _BYTES_AS_TEXT)),
         ),
@@ -149,6 +150,14 @@ def verify(objects: DataFrame, metadata: DataFrame) -> DataFrame:
     return rows.withColumn("outcome", outcome).drop("checksum")
 
 
+def _value(column: EventColumn) -> Column:
+    """An event field parsed from the JSON (where every field is read as a string) as its
+    column's type: text as it is (an object's or a list's compact JSON text), anything
+    else cast, null when it does not cast (the rules of `classify` reject what matters)."""
+    text = F.col(f"j.`{column.field}`")
+    return text if isinstance(column.type, StringType) else text.try_cast(column.type)
+
+
 def _blank(c: Column) -> Column:
     return c.isNull() | (F.trim(c) == "")
 
@@ -165,8 +174,8 @@ def classify(units: DataFrame) -> DataFrame:
     raw = F.make_valid_utf8(F.col("bytes").cast("string"))
     j = F.from_json("raw", RAW_SCHEMA, {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": CORRUPT})
     parsed = units.withColumn("raw", raw).withColumn("j", F.when(outcome == _VERIFIED, j))
-    received = F.col("j.received_at").try_cast("timestamp")
-    event_time = F.col("j.timestamp").try_cast("timestamp")
+    value = {c.field: _value(c) for c in EVENT_COLUMNS}  # every event field, typed as its column
+    received, event_time = value["received_at"], value["timestamp"]
     reason = (
         F.when(outcome == CHECKSUM_MISMATCH, CHECKSUM_MISMATCH)
         .when(outcome != _VERIFIED, None)
@@ -185,17 +194,12 @@ def classify(units: DataFrame) -> DataFrame:
         "line",
         "outcome",
         "raw",
-        F.col("j.id").alias("event_id"),
-        received.alias("received_at"),
-        event_time.alias("event_time"),
-        F.col("j.source").alias("source"),
-        F.col("j.type").alias("type"),
-        F.col("j.payload").alias("payload"),
+        *(value[c.field].alias(c.name) for c in EVENT_COLUMNS),
         reason.alias("reason"),
     )
     valid = (F.col("outcome") == _VERIFIED) & F.col("reason").isNull()
     # The earliest copy of an id wins; key and line break ties so reruns pick the same one.
-    order = Window.partitionBy(valid, "event_id").orderBy("received_at", "object_key", "line")
+    order = Window.partitionBy(valid, "id").orderBy("received_at", "object_key", "line")
     rank = F.row_number().over(order)
     status = (
         F.when(F.col("outcome") == ORPHAN, ORPHAN)

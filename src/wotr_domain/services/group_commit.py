@@ -13,19 +13,77 @@ What it changes in the archive: events flushed together share one NDJSON object
 (`raw/dt=D/batch-<uuid7>.ndjson`, each on its own line); an event flushed alone gets its
 own object (`wotr_domain.archive`). The receipt and the metadata row name the object and
 the line either way.
+
+Backpressure: at most `max_queued` events wait for a flush slot (besides the up to
+`flushes` x `max_events` being flushed). Past that, `submit` raises `Overloaded` at once:
+the caller answers "retry later" (the API: 503 with Retry-After) instead of making the
+client wait behind seconds of queued work, and the shed request is reported to the
+observer. `InFlightLimit` is the same bound for work that is not queued here (the API's
+batches): a slot is taken without waiting, or refused with `Overloaded`.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Protocol
 
-from ..errors import Unavailable, WotrError
+from ..errors import Overloaded, Unavailable, WotrError
 from ..models import IngestRequest, Receipt
 
-__all__ = ["GroupCommit"]
+__all__ = ["DEFAULT_MAX_QUEUED", "GroupCommit", "InFlightLimit", "ShedObserver"]
+
+DEFAULT_MAX_QUEUED = 2000  # events waiting for a flush slot: two full flushes
+SHED_RETRY_AFTER = 1.0  # seconds a shed client is told to wait
+
+
+class ShedObserver(Protocol):
+    """Told of every request refused because the work waiting or in flight is at its bound
+    (`IngestObserver` implementations add this hook to count the outcome "shed")."""
+
+    def shed(self, events: int) -> None: ...
+
+
+class _NoObserver:
+    def shed(self, events: int) -> None: ...
+
+
+class InFlightLimit:
+    """At most `limit` units of work at once; one more is refused at once with `Overloaded`.
+
+    For driving adapters that run work outside the group commit (the API's batches): no
+    queue, no wait, so a refused client hears it in microseconds. Thread-safe.
+    """
+
+    def __init__(self, limit: int, *, what: str = "requests", observer: ShedObserver | None = None,
+                 retry_after: float = SHED_RETRY_AFTER) -> None:
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        self.limit = limit
+        self.what = what
+        self.retry_after = retry_after
+        self._observer = observer or _NoObserver()
+        self._lock = threading.Lock()
+        self.in_flight = 0
+
+    @contextmanager
+    def admit(self, events: int = 1) -> Iterator[None]:
+        """Hold a slot for the block; `Overloaded` (and `events` reported shed) when none is free."""
+        with self._lock:
+            full = self.in_flight >= self.limit
+            if not full:
+                self.in_flight += 1
+        if full:
+            self._observer.shed(events)
+            raise Overloaded("api", f"{self.limit} {self.what} in flight already", retry_after=self.retry_after)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.in_flight -= 1
 
 
 class GroupCommit:
@@ -35,12 +93,21 @@ class GroupCommit:
         *,
         flushes: int = 4,
         max_events: int = 1000,
+        max_queued: int = DEFAULT_MAX_QUEUED,
+        observer: ShedObserver | None = None,
+        retry_after: float = SHED_RETRY_AFTER,
     ) -> None:
         """`ingest_many` is `IngestService.ingest_many` (blocking; run on this policy's own
-        threads, one per flush slot, so it never competes with the caller's thread pool)."""
+        threads, one per flush slot, so it never competes with the caller's thread pool).
+        `max_queued` bounds the events waiting for a slot (at least 1)."""
+        if max_queued < 1:
+            raise ValueError("max_queued must be at least 1")
         self._ingest_many = ingest_many
         self._flushes = flushes
         self._max_events = max_events
+        self.max_queued = max_queued
+        self._observer = observer or _NoObserver()
+        self._retry_after = retry_after
         self._queue: asyncio.Queue[tuple[IngestRequest, asyncio.Future[Any]]] | None = None
         self._slots: asyncio.Semaphore | None = None
         self._collector: asyncio.Task[None] | None = None
@@ -49,7 +116,7 @@ class GroupCommit:
 
     async def start(self) -> None:
         self._executor = ThreadPoolExecutor(self._flushes, thread_name_prefix="wotr-flush")
-        self._queue = asyncio.Queue()
+        self._queue = asyncio.Queue(self.max_queued)
         self._slots = asyncio.Semaphore(self._flushes)
         self._collector = asyncio.create_task(self._collect(), name="wotr-group-commit")
 
@@ -82,11 +149,22 @@ class GroupCommit:
         if self._queue is None:
             raise Unavailable("api", "not started or shutting down")
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        await self._queue.put((request, future))
+        try:
+            self._queue.put_nowait((request, future))
+        except asyncio.QueueFull:  # shed at once: never make a client wait behind the bound
+            self._observer.shed(1)
+            raise Overloaded(
+                "api", f"{self.max_queued} events are waiting to be written already", retry_after=self._retry_after
+            ) from None
         answer = await future
         if isinstance(answer, BaseException):
             raise answer
         return answer
+
+    @property
+    def queued(self) -> int:
+        """Events waiting for a flush slot now."""
+        return 0 if self._queue is None else self._queue.qsize()
 
     async def _collect(self) -> None:
         assert self._queue is not None and self._slots is not None

@@ -1,9 +1,10 @@
 """Installing missing Debian packages without letting them start their own daemons.
 
-Debian's `postgresql` and `prometheus` packages start a default server on install; the
-stack runs its own instances instead, so the install runs behind a `policy-rc.d` that
-denies service starts, any daemon the install started anyway is stopped, and Debian's
-Prometheus unit is disabled so it does not come up on all interfaces after a reboot.
+Debian's `postgresql`, `prometheus` and `prometheus-alertmanager` packages start a default
+server on install; the stack runs its own instances instead, so the install runs behind a
+`policy-rc.d` that denies service starts, any daemon the install started anyway is stopped,
+and Debian's Prometheus and Alertmanager units are disabled so they do not come up on all
+interfaces after a reboot.
 """
 
 from __future__ import annotations
@@ -66,9 +67,10 @@ def apt_install(packages: list[str], log_file: Path) -> None:
     finally:
         if created:
             _POLICY.unlink(missing_ok=True)
-    if "prometheus" in packages:  # its unit would listen on all interfaces at the next boot
-        for disable in (["systemctl", "disable", "prometheus.service"],
-                        ["update-rc.d", "prometheus", "disable"]):
+    for unit in ("prometheus", "prometheus-alertmanager"):  # would listen on all interfaces at the next boot
+        if unit not in packages:
+            continue
+        for disable in (["systemctl", "disable", f"{unit}.service"], ["update-rc.d", unit, "disable"]):
             if shutil.which(disable[0]):
                 subprocess.run(disable, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL, check=False)

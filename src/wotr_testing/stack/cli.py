@@ -20,7 +20,7 @@ __all__ = ["console", "main"]
 
 def _parser(prog: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description=(
-        "Run Kafka, an S3 server, PostgreSQL and Prometheus natively on 127.0.0.1. "
+        "Run Kafka, an S3 server, PostgreSQL, Prometheus and Alertmanager natively on 127.0.0.1. "
         "State lives under $WOTR_STACK_HOME (default ~/.local/share/wotr-stack)."))
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     service = dict(nargs="*", metavar="SERVICE", help=f"any of: {', '.join(SERVICE_NAMES)} (default: all)")
@@ -57,13 +57,13 @@ def _print_env(env: dict[str, str]) -> None:
 
 def _status(stack: Stack) -> int:
     rows = stack.status()
-    print(f"{'SERVICE':<11} {'STATE':<8} {'PID':<8} {'ENDPOINT':<22} HEALTH")
+    print(f"{'SERVICE':<13} {'STATE':<8} {'PID':<8} {'ENDPOINT':<22} HEALTH")
     for row in rows:
         state = "running" if row.running else "stopped"
         health = "healthy" if row.healthy else f"unhealthy ({row.detail})"
         if row.healthy and not row.running:
             health = f"healthy ({row.detail})"
-        print(f"{row.name:<11} {state:<8} {row.pid or '-'!s:<8} {row.endpoint:<22} {health}")
+        print(f"{row.name:<13} {state:<8} {row.pid or '-'!s:<8} {row.endpoint:<22} {health}")
     return 0 if all(row.healthy for row in rows) else 1
 
 

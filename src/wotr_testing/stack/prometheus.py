@@ -5,8 +5,9 @@ from __future__ import annotations
 import urllib.request
 from pathlib import Path
 
+from .alertmanager import ALERTMANAGER_PORT
 from .paths import render_template
-from .process import StackError
+from .process import StackError, say
 from .service import HOST, Service
 
 __all__ = ["Prometheus", "SCRAPE_TARGETS"]
@@ -16,6 +17,7 @@ PROMETHEUS_BIN = Path("/usr/bin/prometheus")
 # The alert rules of a source checkout (the compose deployment mounts the same files).
 RULES_DIR = Path(__file__).resolve().parents[3] / "deployment" / "prometheus" / "rules"
 SCRAPE_TARGETS = {"wotr-api": f"{HOST}:8000", "wotr-consumer": f"{HOST}:9464", "wotr-relay": f"{HOST}:9465"}
+_NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: never via a proxy
 
 
 class Prometheus(Service):
@@ -38,13 +40,41 @@ class Prometheus(Service):
     def apt_packages(self) -> list[str]:
         return [] if PROMETHEUS_BIN.exists() else ["prometheus"]
 
-    def prepare(self) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.config_file.write_text(render_template(
+    @property
+    def alertmanager_target(self) -> str:
+        """The stack's Alertmanager, where firing alerts are sent."""
+        return f"{HOST}:{ALERTMANAGER_PORT + self.paths.port_offset}"
+
+    def render_config(self) -> str:
+        return render_template(
             "prometheus.yml", scrape_interval="5s", api_target=SCRAPE_TARGETS["wotr-api"],
             consumer_target=SCRAPE_TARGETS["wotr-consumer"], relay_target=SCRAPE_TARGETS["wotr-relay"],
-            self_target=self.endpoint,
-            rule_files=f'["{RULES_DIR}/*.yml"]' if RULES_DIR.is_dir() else "[]"))
+            self_target=self.endpoint, alertmanager_target=self.alertmanager_target,
+            rule_files=f'["{RULES_DIR}/*.yml"]' if RULES_DIR.is_dir() else "[]")
+
+    def prepare(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.config_file.write_text(self.render_config())
+
+    def refresh(self) -> None:
+        """A running Prometheus whose configuration is older than this code's (e.g. from before
+        the stack had an Alertmanager) gets the new one through its reload endpoint, without
+        a restart."""
+        wanted = self.render_config()
+        try:
+            if self.config_file.read_text() == wanted:
+                return
+        except FileNotFoundError:
+            pass
+        self.config_file.write_text(wanted)
+        request = urllib.request.Request(f"{self.url}/-/reload", method="POST")
+        try:
+            with _NO_PROXY.open(request, timeout=10) as response:
+                response.read()
+            say(f"prometheus: configuration updated and reloaded ({self.config_file})")
+        except OSError as exc:  # it keeps running with its old configuration
+            say(f"prometheus: configuration updated, but the reload failed ({exc}); "
+                f"`wotr stack restart prometheus` applies it")
 
     def command(self) -> list[str]:
         return [str(PROMETHEUS_BIN), f"--config.file={self.config_file}",
@@ -52,7 +82,6 @@ class Prometheus(Service):
                 "--storage.tsdb.retention.time=7d", "--web.enable-lifecycle"]
 
     def probe(self) -> None:
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: never via a proxy
-        with opener.open(f"{self.url}/-/ready", timeout=3) as response:
+        with _NO_PROXY.open(f"{self.url}/-/ready", timeout=3) as response:
             if response.status != 200:
                 raise StackError(f"prometheus /-/ready answered {response.status}")

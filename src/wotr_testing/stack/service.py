@@ -72,6 +72,10 @@ class Service(ABC):
     def prepare(self) -> None:
         """Write configs and initialise data (format, initdb) before each start."""
 
+    def refresh(self) -> None:
+        """Bring a service that is already running up to date without restarting it
+        (e.g. reload a configuration this code now renders differently); a no-op by default."""
+
     @abstractmethod
     def command(self) -> list[str]:
         """The service's command line."""

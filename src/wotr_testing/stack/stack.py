@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
+from .alertmanager import Alertmanager
 from .apt import apt_install
 from .kafka import Kafka
 from .paths import StackPaths, default_home, port_offset
@@ -25,7 +26,7 @@ from .service import HOST, Service
 
 __all__ = ["SERVICE_NAMES", "ServiceStatus", "Stack"]
 
-SERVICE_TYPES: tuple[type[Service], ...] = (Kafka, S3, Postgres, Prometheus)
+SERVICE_TYPES: tuple[type[Service], ...] = (Kafka, S3, Postgres, Prometheus, Alertmanager)
 SERVICE_NAMES = tuple(cls.name for cls in SERVICE_TYPES)
 
 
@@ -42,7 +43,7 @@ class ServiceStatus:
 
 
 class Stack:
-    """Kafka, an S3 server, PostgreSQL and Prometheus on 127.0.0.1, run natively.
+    """Kafka, an S3 server, PostgreSQL, Prometheus and Alertmanager on 127.0.0.1, run natively.
 
     `Stack().stop("kafka")` / `Stack().start("kafka")` serve failure-injection tests.
     """
@@ -88,6 +89,7 @@ class Stack:
                     ok, _ = service.healthy()
                     if not ok:  # ours and alive, maybe still starting: give it its time
                         service.wait_ready(timeout or service.start_timeout)
+                    service.refresh()
                     say(f"{service.name}: running (pid {service.pid()}) on {service.endpoint}")
                     continue
                 taken = [port for port in service.ports if port_open(HOST, port)]

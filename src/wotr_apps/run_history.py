@@ -4,6 +4,9 @@ Runs are kept at `curated/_runs/<run id>.json` through the object store port, so
 same code serves a directory (embedded) and a bucket (local). Run ids are UUIDv7, so
 the keys list in start order. A run is written when it starts (`running`) and again
 when it ends, so a run that died shows up as `running` forever instead of vanishing.
+
+It lives outside `wotr_apps.etl` so that its readers (the API, telemetry) need neither
+the ETL package nor pyspark: the ETL writes it, everyone else only reads it.
 """
 
 from __future__ import annotations
@@ -15,9 +18,9 @@ import msgspec
 from wotr_domain.errors import NotFound
 from wotr_domain.ports import ObjectStore
 
-from .layout import RUNS_PREFIX
+__all__ = ["RUNS_PREFIX", "RunHistory", "RunRecord", "render_table"]
 
-__all__ = ["RunHistory", "RunRecord", "render_table"]
+RUNS_PREFIX = "curated/_runs/"
 
 
 class RunRecord(msgspec.Struct, frozen=True, kw_only=True):

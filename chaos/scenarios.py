@@ -1,0 +1,397 @@
+"""The fault matrix: what each scenario breaks, how, and when it counts as ended.
+
+Each injection runs while the load runs and returns the moment the fault ended (the
+harness restarted what it killed, as a supervisor would at once, started what it
+stopped, or gave back the disk or the permission); the time to recover is measured from
+there. A process that ends by itself meanwhile (a worker loop that dies exits 70) is
+restarted by the harness's supervision and reported.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .util import say, wait_until
+
+BASE_ROLES = ("serve", "consume-a", "consume-b", "relay-1")
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+
+@dataclass
+class Ctx:
+    """What an injection works with."""
+
+    stack: Any  # ChaosStack
+    p: Any  # Pipeline
+    load: Any  # Load
+    obs: Any  # Observer
+    quick: bool
+    notes: list[str] = field(default_factory=list)
+    checks: list[Check] = field(default_factory=list)
+    marks: dict[str, float] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def note(self, text: str) -> None:
+        with self.lock:
+            self.notes.append(text)
+        say(f"  {text}")
+
+    def check(self, name: str, ok: bool, detail: str) -> None:
+        with self.lock:
+            self.checks.append(Check(name, ok, detail))
+        say(f"  check {'ok' if ok else 'FAILED'}: {name}: {detail}")
+
+    def hold(self, full: float, quick: float) -> None:
+        time.sleep(quick if self.quick else full)
+
+    def wait_in_flight(self, singles: int = 1, batches: int = 0, timeout: float = 10.0) -> int:
+        """Wait until the load has at least this many requests in flight; returns how many."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            s, b = self.load.in_flight["s"], self.load.in_flight["b"]
+            if s >= singles and b >= batches:
+                return s + b
+            time.sleep(0.002)
+        return self.load.in_flight["s"] + self.load.in_flight["b"]
+
+    # -- processes -------------------------------------------------------------------------
+
+    def restart(self, role: str, attempts: int = 5) -> None:
+        for attempt in range(1, attempts + 1):
+            try:
+                self.p.start(role)
+                return
+            except Exception as e:  # noqa: BLE001 - e.g. a dependency still down: try again
+                self.note(f"restart of {role} failed (attempt {attempt}): {str(e).splitlines()[0][:200]}")
+                self.p.procs.pop(role, None)
+                time.sleep(2)
+        raise RuntimeError(f"{role} could not be restarted")
+
+    def graceful_stop(self, role: str, what: str) -> int | None:
+        began = time.monotonic()
+        status = self.p.stop(role, timeout=60)
+        took = time.monotonic() - began
+        self.check(f"{role} exits cleanly on SIGTERM ({what})", status in (0, -signal.SIGTERM),
+                   f"exit status {status} after {took:.1f}s")
+        return status
+
+    def leased(self) -> int | None:
+        rows = self.obs.sql("SELECT count(*) FROM {schema}.event_metadata "
+                            "WHERE status = 'stored' AND lease_until > statement_timestamp()")
+        return None if rows is None else rows[0][0]
+
+    def build_backlog(self, relays: tuple[str, ...], outage: float) -> None:
+        """Stop the relays (SIGTERM) and Kafka for `outage` s, so the API leaves accepted
+        events `stored`; then start Kafka again (the relays stay stopped)."""
+        for relay in relays:
+            if relay in self.p.procs:
+                self.graceful_stop(relay, "with no lease held")
+        self.stack.stop("kafka")
+        time.sleep(outage)
+        self.stack.start("kafka")
+        time.sleep(0.5)
+        self.note(f"backlog built: {self.obs.stored()} events stored (Kafka stopped {outage:.0f}s, relays stopped)")
+
+
+# -- single faults ---------------------------------------------------------------------------
+
+
+def api_kill9(ctx: Ctx) -> float:
+    n = ctx.wait_in_flight(singles=2, batches=1)
+    t = time.monotonic()
+    ctx.p.kill9("serve")
+    ctx.note(f"API killed with SIGKILL, {n} requests in flight (a batch among them)")
+    ctx.restart("serve")
+    return t
+
+
+def api_sigterm(ctx: Ctx) -> float:
+    n = ctx.wait_in_flight(singles=3, batches=1)
+    t = time.monotonic()
+    ctx.marks["sigterm"] = t
+    ctx.p.kill("serve", signal.SIGTERM)
+    status = ctx.p.reap("serve", 60)
+    took = time.monotonic() - t
+    ctx.note(f"API sent SIGTERM with {n} requests in flight; it exited with status {status} after {took:.1f}s")
+    ctx.check("API exits after SIGTERM", status in (0, -signal.SIGTERM), f"status {status} after {took:.1f}s")
+    ctx.restart("serve")
+    return t
+
+
+def after_api_sigterm(ctx: Ctx) -> None:
+    """Every request in flight when SIGTERM came got an HTTP answer."""
+    t = ctx.marks.get("sigterm")
+    if t is None:
+        return
+    in_flight = [a for a in ctx.load.ledger.attempts if a.started < t < a.ended]
+    unanswered = [a for a in in_flight if not a.kind.isdigit()]
+    kinds: dict[str, int] = {}
+    for a in in_flight:
+        kinds[a.kind] = kinds.get(a.kind, 0) + 1
+    ctx.check("every request in flight at SIGTERM is answered", not unanswered,
+              f"{len(in_flight)} in flight: {', '.join(f'{k}: {v}' for k, v in sorted(kinds.items()))}")
+
+
+def kafka_kill9(ctx: Ctx) -> float:
+    t = time.monotonic()
+    ctx.stack.kill9("kafka")
+    took = ctx.stack.start("kafka")
+    ctx.note(f"Kafka killed with SIGKILL, restarted at once: healthy after {took:.1f}s")
+    return t
+
+
+def kafka_stop(ctx: Ctx) -> float:
+    hold = 15.0 if ctx.quick else 30.0
+    ctx.stack.stop("kafka")
+    time.sleep(hold)
+    t = time.monotonic()
+    took = ctx.stack.start("kafka")
+    ctx.note(f"Kafka stopped for {hold:.0f}s while the API and the consumers ran; healthy {took:.1f}s after start")
+    return t
+
+
+def s3_kill9(ctx: Ctx) -> float:
+    ctx.wait_in_flight(singles=2)
+    t = time.monotonic()
+    ctx.stack.kill9("s3")
+    took = ctx.stack.start("s3")
+    ctx.note(f"S3 server killed with SIGKILL during writes, restarted at once: healthy after {took:.1f}s")
+    return t
+
+
+def postgres_kill9_commits(ctx: Ctx) -> float:
+    ctx.wait_in_flight(singles=2, batches=1)
+    t = time.monotonic()
+    ctx.stack.kill9("postgres")
+    took = ctx.stack.start("postgres")
+    ctx.note(f"PostgreSQL killed (SIGKILL to the postmaster and every backend) during commits; "
+             f"healthy after {took:.1f}s (crash recovery)")
+    return t
+
+
+def _wait_leased(ctx: Ctx, timeout: float = 60) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        n = ctx.leased()
+        if n:
+            return n
+        time.sleep(0.02)
+    return 0
+
+
+def postgres_kill9_relay_claim(ctx: Ctx) -> float:
+    ctx.build_backlog(("relay-1",), 6.0 if ctx.quick else 8.0)
+    ctx.restart("relay-1")
+    leased = _wait_leased(ctx)
+    t = time.monotonic()
+    ctx.stack.kill9("postgres")
+    ctx.note(f"PostgreSQL killed with SIGKILL while the relay held a claim on {leased} rows (leased, not yet marked)")
+    took = ctx.stack.start("postgres")
+    ctx.note(f"PostgreSQL healthy after {took:.1f}s")
+    return t
+
+
+def relay_kill9_between_publish_and_mark(ctx: Ctx) -> float:
+    """The relay claims a backlog; PostgreSQL is paused (SIGSTOP) right after the claim, so
+    the relay publishes and then blocks in `mark_published`: killed there."""
+    ctx.build_backlog(("relay-1",), 6.0 if ctx.quick else 8.0)
+    ctx.restart("relay-1")
+    leased = _wait_leased(ctx)
+    pg = ctx.stack.pid("postgres")
+    before = ctx.obs.end_offsets() or []
+    os.killpg(pg, signal.SIGSTOP)
+    try:
+        deadline = time.monotonic() + 8
+        grown = 0
+        while time.monotonic() < deadline:
+            now = ctx.obs.end_offsets() or before
+            grown = sum(now) - sum(before)
+            if leased and grown >= leased:
+                break
+            time.sleep(0.05)
+        t = time.monotonic()
+        ctx.p.kill9("relay-1")
+    finally:
+        os.killpg(pg, signal.SIGCONT)
+    ctx.note(f"relay killed with SIGKILL after publishing ({grown} messages appended to the topic) and before "
+             f"marking {leased} claimed rows (PostgreSQL paused meanwhile); they stay leased until the lease expires")
+    ctx.restart("relay-1")
+    return t
+
+
+def consumer_kill9(ctx: Ctx) -> float:
+    role = "consume-a"
+    before = ctx.p.metric(role, "wotr_sink_rows_total")
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and ctx.p.metric(role, "wotr_sink_rows_total") == before:
+        time.sleep(0.05)
+    time.sleep(0.1)  # the next batch is being inserted
+    t = time.monotonic()
+    ctx.p.kill9(role)
+    ctx.note(f"{role} killed with SIGKILL while loading ({before:.0f}+ rows inserted so far); restarted at once")
+    ctx.restart(role)
+    return t
+
+
+def consumer_rebalance(ctx: Ctx) -> float:
+    ctx.restart("consume-c")
+    ctx.note("consume-c joined the group (rebalance: 3 consumers, 3 partitions)")
+    ctx.hold(10, 6)
+    t = time.monotonic()
+    ctx.graceful_stop("consume-c", "leaving the group mid-load")
+    ctx.note("consume-c left the group (rebalance back to 2 consumers)")
+    return t
+
+
+def two_relays(ctx: Ctx) -> float:
+    ctx.build_backlog(("relay-1",), 6.0 if ctx.quick else 8.0)
+    starters = [threading.Thread(target=ctx.restart, args=(role,)) for role in ("relay-1", "relay-2")]
+    for s in starters:
+        s.start()
+    for s in starters:
+        s.join()
+    ctx.note("two relays started at once on the backlog")
+    try:
+        wait_until(lambda: ctx.obs.stored() == 0, 60, "the relays to drain the backlog", interval=0.2)
+    except TimeoutError:
+        ctx.note("the backlog was not drained within 60 s")
+    t = time.monotonic()
+    published = {r: ctx.p.metric(r, "wotr_messages_published_total") for r in ("relay-1", "relay-2")}
+    ctx.note("messages published by each relay: " + ", ".join(f"{r} {n:.0f}" for r, n in published.items()))
+    ctx.graceful_stop("relay-2", "after draining")
+    return t
+
+
+def _bind_readonly(path: Path) -> None:
+    subprocess.run(["mount", "--bind", str(path), str(path)], check=True, capture_output=True)
+    subprocess.run(["mount", "-o", "remount,bind,ro", str(path)], check=True, capture_output=True)
+
+
+def _unbind(path: Path) -> None:
+    subprocess.run(["umount", str(path)], check=False, capture_output=True)
+
+
+def clickhouse_unwritable(ctx: Ctx) -> float:
+    role = "consume-a"
+    engine = ctx.p.engine_dir(role)
+    hold = 10.0 if ctx.quick else 20.0
+    _bind_readonly(engine)
+    try:
+        ctx.note(f"{role}'s engine directory made read-only (bind mount) for {hold:.0f}s: its inserts fail")
+        time.sleep(hold)
+    finally:
+        _unbind(engine)
+    t = time.monotonic()
+    ctx.note(f"{role}'s engine directory writable again")
+    return t
+
+
+def disk_full(ctx: Ctx) -> float:
+    if not ctx.stack.s3_tmpfs():
+        raise RuntimeError("the S3 data directory is not on its own tmpfs")
+    hold = 8.0 if ctx.quick else 15.0
+    filler = ctx.stack.fill_s3_disk()
+    try:
+        st = os.statvfs(ctx.stack.s3_data)
+        ctx.note(f"the S3 server's filesystem filled ({st.f_bavail * st.f_frsize} bytes left) for {hold:.0f}s")
+        time.sleep(hold)
+    finally:
+        ctx.stack.free_s3_disk(filler)
+    t = time.monotonic()
+    ctx.note("disk space freed")
+    return t
+
+
+# -- the matrix -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Scenario:
+    slug: str
+    fault: str
+    how: str
+    inject: Callable[[Ctx], float]
+    after: Callable[[Ctx], None] | None = None
+    duration: float = 30.0  # seconds of load
+    fault_at: float = 8.0  # seconds into the load
+
+
+def together(a: Scenario, b: Scenario, duration: float = 40.0) -> Scenario:
+    """Two faults injected at the same moment; ended when both have."""
+
+    def inject(ctx: Ctx) -> float:
+        ends: dict[str, float] = {}
+        errors: list[BaseException] = []
+
+        def run(s: Scenario) -> None:
+            try:
+                ends[s.slug] = s.inject(ctx)
+            except BaseException as e:  # noqa: BLE001 - re-raised below
+                errors.append(e)
+
+        threads = [threading.Thread(target=run, args=(s,)) for s in (a, b)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        if errors:
+            raise errors[0]
+        return max(ends.values())
+
+    def after(ctx: Ctx) -> None:
+        for s in (a, b):
+            if s.after is not None:
+                s.after(ctx)
+
+    return Scenario(f"{a.slug}+{b.slug}", f"{a.fault} + {b.fault}", f"{a.how}; at the same time: {b.how}",
+                    inject, after, duration=max(a.duration, b.duration, duration))
+
+
+API_KILL = Scenario("api-kill9", "API process", "kill -9 mid-flush (a batch and single events in flight)", api_kill9)
+API_TERM = Scenario("api-sigterm", "API process", "SIGTERM with requests in flight", api_sigterm, after_api_sigterm)
+KAFKA_KILL = Scenario("kafka-kill9", "Kafka", "kill -9, restarted at once", kafka_kill9)
+KAFKA_STOP = Scenario("kafka-stop30", "Kafka", "stopped for 30 s while the API and the consumers run", kafka_stop,
+                      duration=50.0)
+S3_KILL = Scenario("s3-kill9", "S3 server", "kill -9 during writes, restarted at once", s3_kill9)
+PG_KILL = Scenario("pg-kill9-commits", "PostgreSQL", "kill -9 of the postmaster and its backends during commits",
+                   postgres_kill9_commits)
+PG_CLAIM = Scenario("pg-kill9-claim", "PostgreSQL", "kill -9 while the relay holds a claim (leased, unmarked rows)",
+                    postgres_kill9_relay_claim, duration=35.0)
+CONSUMER_KILL = Scenario("consumer-kill9", "consumer", "kill -9 mid-insert, restarted at once", consumer_kill9)
+REBALANCE = Scenario("consumer-rebalance", "consumer", "a third consumer joins the group, then leaves (SIGTERM)",
+                     consumer_rebalance)
+RELAY_KILL = Scenario("relay-kill9", "relay", "kill -9 between publish and mark", relay_kill9_between_publish_and_mark,
+                      duration=35.0)
+RELAY_TWO = Scenario("relay-two", "relay", "two relays at once on a backlog", two_relays, duration=35.0)
+CH_FAIL = Scenario("clickhouse-unwritable", "ClickHouse sink",
+                   "a consumer's engine directory read-only for 20 s (inserts fail), then writable", clickhouse_unwritable,
+                   duration=40.0)
+DISK_FULL = Scenario("disk-full", "disk", "the S3 server's filesystem (tmpfs) full for 15 s, then freed", disk_full,
+                     duration=35.0)
+
+SINGLE = [API_KILL, API_TERM, KAFKA_KILL, KAFKA_STOP, S3_KILL, PG_KILL, PG_CLAIM, CONSUMER_KILL, REBALANCE,
+          RELAY_KILL, RELAY_TWO, CH_FAIL, DISK_FULL]
+PAIRS = [together(API_KILL, PG_KILL), together(KAFKA_STOP, CONSUMER_KILL), together(S3_KILL, CH_FAIL)]
+FULL = SINGLE + PAIRS
+
+QUICK_API = Scenario("api-kill9", API_KILL.fault, API_KILL.how, api_kill9, duration=18.0, fault_at=6.0)
+QUICK_PG = Scenario("pg-kill9-commits", PG_KILL.fault, PG_KILL.how, postgres_kill9_commits, duration=18.0, fault_at=6.0)
+QUICK_PAIR = together(Scenario("kafka-kill9", KAFKA_KILL.fault, KAFKA_KILL.how, kafka_kill9, duration=18.0, fault_at=6.0),
+                      Scenario("consumer-kill9", CONSUMER_KILL.fault, CONSUMER_KILL.how, consumer_kill9, duration=18.0,
+                               fault_at=6.0), duration=20.0)
+QUICK = [QUICK_API, QUICK_PG, Scenario(QUICK_PAIR.slug, QUICK_PAIR.fault, QUICK_PAIR.how, QUICK_PAIR.inject,
+                                       QUICK_PAIR.after, duration=20.0, fault_at=6.0)]
