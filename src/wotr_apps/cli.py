@@ -81,6 +81,7 @@ def _parser(registered: dict[str, EntryPoint] | None = None) -> argparse.Argumen
                         help="send through /ingest/batch in batches of N events (default: single events)")
     ingest.add_argument("-c", "--concurrency", type=_positive, default=8,
                         help="requests in flight at once (default %(default)s)")
+    ingest.add_argument("--write-key", metavar="KEY", help="send this write key (X-Write-Key) when the API requires one")
 
     sub.add_parser("etl", help="raw JSON archive -> curated Parquet (PySpark); `wotr etl --help` for options",
                    add_help=False)
@@ -135,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "ingest":
         from .sample import send_samples
 
-        return send_samples(args.url, args.count, args.batch, args.concurrency)
+        return send_samples(args.url, args.count, args.batch, args.concurrency, write_key=args.write_key)
     try:
         return _run_service(args)
     except ConfigError as e:

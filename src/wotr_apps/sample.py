@@ -84,7 +84,8 @@ async def _send(client, count: int, batch: int, concurrency: int, tally: Tally, 
     await asyncio.gather(*(worker() for _ in range(max(1, concurrency))))
 
 
-def send_samples(url: str, count: int, batch: int = 0, concurrency: int = 8, *, out=sys.stdout, err=sys.stderr) -> int:
+def send_samples(url: str, count: int, batch: int = 0, concurrency: int = 8, *, write_key: str | None = None,
+                 out=sys.stdout, err=sys.stderr) -> int:
     import httpx
 
     tally = Tally()
@@ -101,7 +102,8 @@ def send_samples(url: str, count: int, batch: int = 0, concurrency: int = 8, *, 
 
     async def run() -> None:
         limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-        async with httpx.AsyncClient(base_url=url.rstrip("/"), timeout=30, limits=limits) as client:
+        headers = {"X-Write-Key": write_key} if write_key else None
+        async with httpx.AsyncClient(base_url=url.rstrip("/"), timeout=30, limits=limits, headers=headers) as client:
             await _send(client, count, batch, concurrency, tally, progress)
 
     asyncio.run(run())
