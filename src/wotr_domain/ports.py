@@ -1,4 +1,5 @@
-"""The four ports wotr's services depend on, in domain terms only.
+"""The ports wotr's services depend on, in domain terms only: the four of the pipeline
+(ObjectStore, EventBus, MetadataRepo, AnalyticsSink) and the KeyStore of the write keys.
 
 Every port has a lifecycle (`start`/`close`) and a readiness probe (`check`), and raises
 only `wotr_domain.errors` exceptions: `NotFound`, `Unavailable`, ... never a driver's.

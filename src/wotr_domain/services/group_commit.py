@@ -29,26 +29,16 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import Any, Protocol
+from typing import Any
 
 from ..errors import Overloaded, Unavailable, WotrError
 from ..models import IngestRequest, Receipt
+from .observer import IngestObserver, NullObserver
 
-__all__ = ["DEFAULT_MAX_QUEUED", "GroupCommit", "InFlightLimit", "ShedObserver"]
+__all__ = ["DEFAULT_MAX_QUEUED", "GroupCommit", "InFlightLimit"]
 
 DEFAULT_MAX_QUEUED = 2000  # events waiting for a flush slot: two full flushes
 SHED_RETRY_AFTER = 1.0  # seconds a shed client is told to wait
-
-
-class ShedObserver(Protocol):
-    """Told of every request refused because the work waiting or in flight is at its bound
-    (`IngestObserver` implementations add this hook to count the outcome "shed")."""
-
-    def shed(self, events: int) -> None: ...
-
-
-class _NoObserver:
-    def shed(self, events: int) -> None: ...
 
 
 class InFlightLimit:
@@ -58,14 +48,14 @@ class InFlightLimit:
     queue, no wait, so a refused client hears it in microseconds. Thread-safe.
     """
 
-    def __init__(self, limit: int, *, what: str = "requests", observer: ShedObserver | None = None,
+    def __init__(self, limit: int, *, what: str = "requests", observer: IngestObserver | None = None,
                  retry_after: float = SHED_RETRY_AFTER) -> None:
         if limit < 1:
             raise ValueError("limit must be at least 1")
         self.limit = limit
         self.what = what
         self.retry_after = retry_after
-        self._observer = observer or _NoObserver()
+        self._observer = observer or NullObserver()
         self._lock = threading.Lock()
         self.in_flight = 0
 
@@ -94,7 +84,7 @@ class GroupCommit:
         flushes: int = 4,
         max_events: int = 1000,
         max_queued: int = DEFAULT_MAX_QUEUED,
-        observer: ShedObserver | None = None,
+        observer: IngestObserver | None = None,
         retry_after: float = SHED_RETRY_AFTER,
     ) -> None:
         """`ingest_many` is `IngestService.ingest_many` (blocking; run on this policy's own
@@ -106,7 +96,7 @@ class GroupCommit:
         self._flushes = flushes
         self._max_events = max_events
         self.max_queued = max_queued
-        self._observer = observer or _NoObserver()
+        self._observer = observer or NullObserver()
         self._retry_after = retry_after
         self._queue: asyncio.Queue[tuple[IngestRequest, asyncio.Future[Any]]] | None = None
         self._slots: asyncio.Semaphore | None = None
