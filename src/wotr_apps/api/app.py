@@ -19,7 +19,6 @@ from litestar import Litestar, Router
 from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
 from litestar.di import Provide
-from litestar.plugins.opentelemetry import OpenTelemetryConfig, OpenTelemetryPlugin
 from litestar.utils import normalize_path
 from opentelemetry.semconv.attributes.http_attributes import HTTP_ROUTE
 
@@ -34,6 +33,7 @@ from .auth import INGEST_GUARDS, WriteKeys
 from .errors import EXCEPTION_HANDLERS
 from .ingest import ingest_batch, ingest_one
 from .limits import RateLimiter, rate_limit_headers
+from .http_metrics import HttpMetrics
 from .metrics import metrics_route
 from .openapi import contract_openapi_config
 from .queries import event_metadata, health, latest_rows, ready
@@ -69,8 +69,8 @@ def route_details(scope: Any) -> tuple[str, dict[str, str]]:
     (`GET /events/{event_id}`), never the raw path, so a metric has one series per route
     and not one per event id (a path no route serves is `unmatched`).
 
-    Litestar runs the OpenTelemetry middleware around its router, before routing, so the
-    template is looked up here with the router's own (cached) lookup."""
+    The metrics middleware runs around the router, before routing, so the template is
+    looked up here with the router's own (cached) lookup."""
     method = str(scope.get("method", "")).strip()
     template = scope.get("path_template")
     if template is None:
@@ -125,13 +125,11 @@ def create_app(parts: ApiParts) -> Litestar:
     cors = cors_config(settings.cors_origins)
     origins = OriginPolicy(cors)  # the tracking routes refuse other browser origins
     plugins: list[Any] = []
+    middleware: list[Any] = []
     if telemetry is not None:
         routes.append(metrics_route(telemetry))
-        plugins.append(
-            OpenTelemetryPlugin(OpenTelemetryConfig(
-                meter_provider=telemetry.provider, exclude=["/metrics"], scope_span_details_extractor=route_details,
-            ))
-        )
+        middleware.append(HttpMetrics(telemetry.provider.get_meter("wotr.http"),
+                                      lambda scope: route_details(scope)[0], exclude=("/metrics",)))
 
     return Litestar(
         route_handlers=routes,
@@ -149,7 +147,7 @@ def create_app(parts: ApiParts) -> Litestar:
         # Read by the ingest guards (auth.require_write_key, limits.rate_limit); set here,
         # not at start-up, so that no app ever serves ingest unguarded when keys are on.
         state=State({"write_keys": write_keys, "rate_limiter": rate_limiter}),
-        middleware=[rate_limit_headers] if rate_limiter is not None else [],
+        middleware=middleware + ([rate_limit_headers] if rate_limiter is not None else []),
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=[lifespan],
         plugins=plugins,
