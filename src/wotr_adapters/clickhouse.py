@@ -141,10 +141,27 @@ def clickhouse_client(conn: ClickHouseConnection) -> Any:
         raise Unavailable("clickhouse", f"cannot connect: {_first_line(e)}") from e
 
 
-def _ddl(database: str) -> list[str]:
-    return [
-        f"CREATE DATABASE IF NOT EXISTS {database}",
-        f"""CREATE TABLE IF NOT EXISTS {database}.{TABLE} (
+LOCAL_TABLE = f"{TABLE}_local"  # a cluster's per-shard table, behind the Distributed `ingested_data`
+# Where each replica registers its table in ClickHouse Keeper, and which replica it is:
+# the server's macros fill {shard} and {replica}; {database} and {table} are the table's own.
+REPLICA_PATH = "/clickhouse/tables/{shard}/{database}/{table}"
+REPLICA_NAME = "{replica}"
+
+
+def _ddl(database: str, cluster: str = "") -> list[str]:
+    """The statements that create wotr's analytics table.
+
+    One node (`cluster` blank): a ReplacingMergeTree `ingested_data`. On a cluster: every
+    statement `ON CLUSTER` it; the rows live in `ingested_data_local`, a
+    ReplicatedReplacingMergeTree on each shard's replicas, and `ingested_data` is a
+    Distributed table over it, sharded by `cityHash64(id)`: all copies of an event land
+    on one shard, where the replacing merge (and FINAL) collapses them, so readers and
+    the sink keep using `ingested_data` unchanged.
+    """
+    if cluster and not _IDENT.fullmatch(cluster):
+        raise ConfigError("the ClickHouse cluster", f"must be a plain identifier, got {cluster!r}")
+    on_cluster = f" ON CLUSTER {cluster}" if cluster else ""
+    columns = """(
             id          String,
             created_at  DateTime64(6, 'UTC'),
             event_time  Nullable(DateTime64(6, 'UTC')),
@@ -153,10 +170,23 @@ def _ddl(database: str) -> list[str]:
             payload     String,
             object_key  String,
             loaded_at   DateTime64(6, 'UTC') DEFAULT now64(6)
-        )
+        )"""
+    if not cluster:
+        return [
+            f"CREATE DATABASE IF NOT EXISTS {database}",
+            f"""CREATE TABLE IF NOT EXISTS {database}.{TABLE} {columns}
         ENGINE = ReplacingMergeTree(loaded_at)
         PARTITION BY toYYYYMM(created_at)
         ORDER BY id""",
+        ]
+    return [
+        f"CREATE DATABASE IF NOT EXISTS {database}{on_cluster}",
+        f"""CREATE TABLE IF NOT EXISTS {database}.{LOCAL_TABLE}{on_cluster} {columns}
+        ENGINE = ReplicatedReplacingMergeTree('{REPLICA_PATH}', '{REPLICA_NAME}', loaded_at)
+        PARTITION BY toYYYYMM(created_at)
+        ORDER BY id""",
+        f"""CREATE TABLE IF NOT EXISTS {database}.{TABLE}{on_cluster} AS {database}.{LOCAL_TABLE}
+        ENGINE = Distributed({cluster}, {database}, {LOCAL_TABLE}, cityHash64(id))""",
     ]
 
 
@@ -200,15 +230,18 @@ class ClickHouseAnalyticsSink:
     """Writes one INSERT per batch into `<database>.ingested_data`.
 
     With `create=False` the sink creates nothing at start: a reader of a table another
-    process owns (through that process's SQL endpoint).
+    process owns (through that process's SQL endpoint). With a `cluster`, `start()`
+    creates the replicated, sharded tables on it (`_ddl`).
     """
 
-    def __init__(self, client: Any, database: str = "wotr", *, create: bool = True) -> None:
+    def __init__(self, client: Any, database: str = "wotr", *, create: bool = True, cluster: str = "") -> None:
         if not _IDENT.fullmatch(database):
             raise ConfigError("the ClickHouse database", f"must be a plain identifier, got {database!r}")
         self._client = client
         self._create = create
         self._db = database
+        self._cluster = cluster
+        self._schema = _ddl(database, cluster)  # refuses a bad cluster name now
         self._table = f"{database}.{TABLE}"
         self._lock = threading.Lock()  # the in-process engine runs one query at a time per client
 
@@ -235,7 +268,7 @@ class ClickHouseAnalyticsSink:
             return
         if self._run("schema check", self._client.command, f"EXISTS TABLE {self._table}"):
             return
-        for statement in _ddl(self._db):
+        for statement in self._schema:
             self._run("schema creation", self._client.command, statement)
 
     def sql(self, query: str, default_format: str = "TabSeparated", parameters: dict[str, str] | None = None) -> bytes:

@@ -43,6 +43,10 @@ class KafkaConnection:
     topic: str = "ingest-events"
     partitions: int = 3
     group: str = "wotr-analytics"
+    # Applied when wotr creates the topics (the events' and the dead letters'); an existing
+    # topic keeps its own. Production: 3 and 2, with the producer's acks=all.
+    replication_factor: int = 1
+    min_insync_replicas: int = 1
 
     @property
     def dead_letter_topic(self) -> str:
@@ -73,7 +77,8 @@ class ClickHouseConnection:
     """A ClickHouse server over HTTP, or the in-process engine through a `chdb://` DSN.
 
     A `dsn` wins when set (e.g. `chdb:///var/lib/wotr/clickhouse`); otherwise `host`,
-    `port`, `user` and `password` name a server. `database` holds wotr's table.
+    `port`, `user` and `password` name a server. `database` holds wotr's table; with a
+    `cluster`, the table is created on every node of that cluster (see `clickhouse._ddl`).
     """
 
     dsn: str | None = None
@@ -82,6 +87,7 @@ class ClickHouseConnection:
     user: str = "default"
     password: str = ""
     database: str = "wotr"
+    cluster: str = ""  # a server cluster's name: replicated, sharded DDL `ON CLUSTER` it; blank: one node
 
     @property
     def embedded(self) -> bool:

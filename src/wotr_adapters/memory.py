@@ -242,6 +242,17 @@ class InMemoryMetadataRepo(_Switchable):
             self._up()
             return sum(1 for r in self.rows.values() if status is None or r.status is status)
 
+    def prune_published(self, received_before: datetime, limit: int) -> int:
+        with self._lock:
+            self._up()
+            doomed = [i for i, r in self.rows.items()
+                      if r.status is EventStatus.PUBLISHED and r.received_at < received_before][:max(limit, 0)]
+            for i in doomed:
+                del self.rows[i]
+                self._recorded_at.pop(i, None)
+                self._leases.pop(i, None)
+            return len(doomed)
+
 
 class InMemoryAnalyticsSink(_Switchable):
     """Fault switches besides `outage` (a write fails as a whole and writes nothing, like

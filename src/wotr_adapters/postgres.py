@@ -145,6 +145,12 @@ class PostgresMetadataRepo:
             "SELECT {columns} FROM {table} WHERE received_at >= %s AND received_at < %s "
             'ORDER BY object_key COLLATE "C", line NULLS FIRST'
         )
+        # Retention: one bounded batch per transaction, found through the reception index;
+        # a row the relay or a marker holds is skipped this time, never waited for.
+        self._prune = q(
+            "DELETE FROM {table} WHERE id IN (SELECT id FROM {table} WHERE status = 'published' "
+            "AND received_at < %s LIMIT %s FOR UPDATE SKIP LOCKED)"
+        )
         self._count_all = q("SELECT count(*) FROM {table}")
         self._count_status = q("SELECT count(*) FROM {table} WHERE status = %s")
 
@@ -315,3 +321,8 @@ class PostgresMetadataRepo:
             else:
                 cur.execute(self._count_status, (EventStatus(status).value,))
             return cur.fetchone()[0]
+
+    def prune_published(self, received_before: datetime, limit: int) -> int:
+        with self._cursor() as cur:
+            cur.execute(self._prune, (received_before, max(limit, 0)))
+            return cur.rowcount

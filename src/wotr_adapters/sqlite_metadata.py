@@ -170,3 +170,11 @@ class SqliteMetadataRepo:
         if status is None:
             return self._db.query("SELECT count(*) FROM event_metadata")[0][0]
         return self._db.query("SELECT count(*) FROM event_metadata WHERE status = ?", (status.value,))[0][0]
+
+    def prune_published(self, received_before: datetime, limit: int) -> int:
+        with self._db.transaction() as conn:
+            return conn.execute(
+                "DELETE FROM event_metadata WHERE id IN (SELECT id FROM event_metadata "
+                "WHERE status = 'published' AND received_at < ? LIMIT ?)",
+                (to_text(received_before), max(limit, 0)),
+            ).rowcount

@@ -21,7 +21,7 @@ __all__ = ["main"]
 
 METRICS_PORTS = {"consume": 9464, "relay": 9465}
 
-BUILTIN_COMMANDS = frozenset({"serve", "consume", "relay", "ingest", "etl", "replay", "bench", "keys"})
+BUILTIN_COMMANDS = frozenset({"serve", "consume", "relay", "ingest", "etl", "replay", "bench", "keys", "metadata"})
 COMMANDS_GROUP = "wotr.commands"
 # Subcommands other packages provide: their help, and the extra that installs them.
 KNOWN_COMMANDS = {"stack": ("the native local stack: up | down | status | logs ...", "testing")}
@@ -95,6 +95,9 @@ def _parser(registered: dict[str, EntryPoint] | None = None) -> argparse.Argumen
     sub.add_parser("keys", help="write keys of the ingest endpoints: create | list | revoke; `wotr keys --help`",
                    add_help=False)
 
+    sub.add_parser("metadata", help="metadata table maintenance: prune --older-than DAYS; `wotr metadata --help`",
+                   add_help=False)
+
     # Listed for the help only: main() hands them their arguments before parsing.
     for name in sorted({*KNOWN_COMMANDS, *(registered or {})}):
         text = KNOWN_COMMANDS[name][0] if name in KNOWN_COMMANDS else f"from {registered[name].value}"
@@ -120,6 +123,10 @@ def main(argv: list[str] | None = None) -> int:
         from .keys_cli import main as keys_main
 
         return keys_main(argv[1:])
+    if argv[:1] == ["metadata"]:  # its own subcommands (prune)
+        from .metadata_cli import main as metadata_main
+
+        return metadata_main(argv[1:])
     if argv[:1] == ["etl"]:  # the ETL parses its own options (--date, --since, --history, --bench)
         from .etl.cli import main as etl_main
 

@@ -274,7 +274,8 @@ class Container(containers.DeclarativeContainer):
     )
     # The same sink on both profiles: the DSN decides between the engine and a server.
     clickhouse_sink = providers.Singleton(
-        ClickHouseAnalyticsSink, clickhouse, providers.Callable(lambda s: s.clickhouse.database, settings)
+        ClickHouseAnalyticsSink, clickhouse, providers.Callable(lambda s: s.clickhouse.database, settings),
+        cluster=providers.Callable(lambda s: s.clickhouse.cluster, settings),
     )
     workers_mode = providers.Callable(_workers_mode, profile, with_workers)
     analytics_mode = providers.Callable(_analytics_mode, profile, role, workers_mode, settings)

@@ -146,6 +146,14 @@ def _ascii_identifier(raw: str) -> str:
     return value
 
 
+def _cluster(raw: str) -> str:
+    """A cluster name of the server's `remote_servers`, or blank (one node)."""
+    value = raw.strip()
+    if value and not _ASCII_IDENTIFIER.fullmatch(value):
+        raise ValueError(f"must be a plain identifier (a cluster of remote_servers) or blank, got {value!r}")
+    return value
+
+
 def _dsn(raw: str) -> str:
     value = raw.strip()
     if not value.startswith(("chdb://", "clickhouse://", "http://", "https://")):
@@ -274,6 +282,11 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("KAFKA_PARTITIONS", _default(KafkaConnection, "partitions"), _partitions, "partitions of a new topic",
              "kafka.partitions"),
     _server(KafkaConnection, "kafka", "KAFKA_GROUP", "group", _text, "consumer group"),
+    Variable("KAFKA_REPLICATION_FACTOR", _default(KafkaConnection, "replication_factor"), _partitions,
+             "replicas of each partition of a new topic (production: 3)", "kafka.replication_factor"),
+    Variable("KAFKA_MIN_INSYNC_REPLICAS", _default(KafkaConnection, "min_insync_replicas"), _partitions,
+             "min.insync.replicas of a new topic: replicas that must have a write (production: 2)",
+             "kafka.min_insync_replicas"),
     _server(PostgresConnection, "postgres", "POSTGRES_HOST", "host", _text, "PostgreSQL host"),
     Variable("POSTGRES_PORT", _default(PostgresConnection, "port"), _port, "PostgreSQL port", "postgres.port"),
     _server(PostgresConnection, "postgres", "POSTGRES_USER", "user", _text, "PostgreSQL role"),
@@ -290,6 +303,8 @@ VARIABLES: tuple[Variable, ...] = (
              "clickhouse.password", blank_is_unset=False),
     _server(ClickHouseConnection, "clickhouse", "CLICKHOUSE_DB", "database", _ascii_identifier,
             "ClickHouse database"),
+    Variable("CLICKHOUSE_CLUSTER", _default(ClickHouseConnection, "cluster"), _cluster,
+             "ClickHouse cluster: replicated, sharded tables ON CLUSTER it (blank: one node)", "clickhouse.cluster"),
 )
 
 _BY_NAME = {v.name: v for v in VARIABLES}
@@ -375,6 +390,13 @@ class Settings:
         clickhouse = values["clickhouse"]
         if clickhouse and clickhouse["dsn"] is None and not variable("CLICKHOUSE_HOST").given(env):
             clickhouse["dsn"] = f"chdb://{plain['data_dir'] / 'clickhouse'}"
+        if clickhouse and clickhouse["cluster"] and (clickhouse["dsn"] or "").startswith("chdb://"):
+            raise ConfigError("CLICKHOUSE_CLUSTER", "needs ClickHouse servers (CLICKHOUSE_HOST or a server DSN), "
+                              "not the in-process engine (chdb://)")
+        kafka = values["kafka"]
+        if kafka and kafka["min_insync_replicas"] > kafka["replication_factor"]:
+            raise ConfigError("KAFKA_MIN_INSYNC_REPLICAS", f"must be at most KAFKA_REPLICATION_FACTOR "
+                              f"({kafka['replication_factor']}), got {kafka['min_insync_replicas']}")
         return cls(**plain, **{section: _CONNECTIONS[section](**values[section]) for section in _CONNECTIONS})
 
     @property

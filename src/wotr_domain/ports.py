@@ -124,6 +124,15 @@ class MetadataRepo(Lifecycle, Protocol):
     def count(self, status: EventStatus | None = None) -> int:
         """Rows in total, or with the given status."""
 
+    def prune_published(self, received_before: datetime, limit: int) -> int:
+        """Delete up to `limit` `published` rows of events received before `received_before`
+        (one short transaction); returns how many went. `stored` rows (the outbox) are never
+        deleted. The retention job calls it until it returns 0.
+
+        An event whose row is gone is no longer one to the archive's readers (ETL, replay),
+        and its id is free again: the bound must exceed how far back they read and clients retry.
+        """
+
 
 @runtime_checkable
 class AnalyticsSink(Lifecycle, Protocol):

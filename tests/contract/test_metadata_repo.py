@@ -174,3 +174,27 @@ def test_text_a_store_cannot_hold_is_refused_and_writes_nothing(metadata_repo):
         assert metadata_repo.find(["nul-1", "nul-ok"]) == {}
     else:
         assert metadata_repo.get("nul-1").source == "we\x00b"
+
+
+def test_prune_published_deletes_old_published_rows_a_batch_at_a_time(metadata_repo):
+    """Retention (`wotr metadata prune`): published rows received before the bound go, at
+    most `limit` per call; stored rows (the outbox) and newer rows stay."""
+    cutoff = T0 + timedelta(days=30)
+    old = [meta(f"pr-{i}", T0 + timedelta(minutes=i)) for i in range(5)]
+    metadata_repo.record(old + [meta("pr-stored", T0), meta("pr-new", cutoff), meta("pr-newer", cutoff + timedelta(days=1))])
+    metadata_repo.mark_published([m.id for m in old] + ["pr-new", "pr-newer"], T0 + timedelta(days=31))
+    assert metadata_repo.prune_published(cutoff, limit=3) == 3
+    assert metadata_repo.prune_published(cutoff, limit=3) == 2
+    assert metadata_repo.prune_published(cutoff, limit=3) == 0
+    assert set(metadata_repo.find([m.id for m in old])) == set()
+    assert set(metadata_repo.find(["pr-stored", "pr-new", "pr-newer"])) == {"pr-stored", "pr-new", "pr-newer"}
+    assert metadata_repo.get("pr-stored").status is EventStatus.STORED
+    assert (metadata_repo.count(), metadata_repo.count(EventStatus.STORED)) == (3, 1)
+    assert [r.id for r in metadata_repo.received_between(T0, cutoff)] == ["pr-stored"]
+
+
+def test_prune_never_takes_a_stored_row_out_of_the_outbox(metadata_repo):
+    metadata_repo.record([meta("po-1", T0)])
+    assert metadata_repo.prune_published(T0 + timedelta(days=365), limit=100) == 0
+    time.sleep(0.05)
+    assert [r.id for r in metadata_repo.claim_pending(10, datetime.now(UTC), lease_seconds=60)] == ["po-1"]

@@ -177,6 +177,17 @@ def test_the_keys_source_wins_and_reaches_metadata_bus_and_analytics(client, con
     assert repo.get(mine["id"]).source == "mine"
 
 
+def test_the_keys_source_stamps_tracking_api_events_too(client, container):
+    _, key = create_key(container.key_store(), "web", source="web-app")
+    headers = {"Authorization": basic(key)}
+    track = client.post("/v1/track", json={"messageId": "m-1", "userId": "u", "event": "Signed Up"}, headers=headers)
+    batch = client.post("/v1/batch", json={"batch": [{"type": "page", "messageId": "m-2", "userId": "u"}]},
+                        headers=headers)
+    assert track.status_code == 200 and batch.status_code == 200
+    repo = container.metadata_repo()
+    assert [repo.get(i).source for i in ("m-1", "m-2")] == ["web-app", "web-app"]
+
+
 def test_a_retry_with_the_same_id_and_key_is_a_duplicate_not_a_conflict(client, container):
     _, key = create_key(container.key_store(), "shop", source="shop")
     first = client.post("/ingest", json={"id": "e-1", "payload": {}, "source": "x"}, headers={"X-Write-Key": key})

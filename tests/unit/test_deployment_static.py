@@ -48,6 +48,9 @@ DEFAULT_IS_RIGHT = {
     "MINIO_REGION": "MinIO accepts the default region",
     "KAFKA_PARTITIONS": "the default partition count suits one broker",
     "KAFKA_GROUP": "one consumer group, the default name",
+    "KAFKA_REPLICATION_FACTOR": "one Redpanda broker: one replica per partition",
+    "KAFKA_MIN_INSYNC_REPLICAS": "one broker: one in-sync replica",
+    "CLICKHOUSE_CLUSTER": "one ClickHouse server, no cluster",
     "POSTGRES_SCHEMA": "the default schema of the compose database",
     "CLICKHOUSE_DSN": "must stay unset: a DSN would win over CLICKHOUSE_HOST/PORT",
 }

@@ -1,7 +1,8 @@
 #!/bin/sh
 # Superset start-up for the wotr compose stack: migrate Superset's own metadata database,
-# create the admin user, register wotr's ClickHouse database, then serve on port 8088.
-# Every step is idempotent, so a restart repeats them harmlessly.
+# create the admin user, register wotr's ClickHouse database, import the wotr assets (the
+# dataset on wotr.ingested_data, its charts and the dashboard "wotr events"), then serve on
+# port 8088. Every step is idempotent, so a restart repeats them harmlessly.
 set -eu
 
 superset db upgrade
@@ -17,5 +18,10 @@ print("clickhousedb://%s:%s@%s:%s/%s" % (quote(e["CLICKHOUSE_USER"], safe=""), q
       e["CLICKHOUSE_HOST"], e["CLICKHOUSE_PORT"], e["CLICKHOUSE_DB"]))')
 # -d / -u: the long option names changed spelling between Superset releases.
 superset set-database-uri -d "wotr ClickHouse" -u "$uri"
+
+# assets/ is a Superset export bundle under version control; the import overwrites what
+# Superset holds under its UUIDs (the database above keeps its name and takes the bundle's
+# UUID). It runs with the Python that runs Superset.
+"$(dirname "$(command -v superset)")/python" /app/wotr/import_assets.py /app/wotr/assets
 
 exec /usr/bin/run-server.sh

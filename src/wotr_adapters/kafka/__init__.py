@@ -11,13 +11,14 @@ from __future__ import annotations
 from typing import Any
 
 from ..connections import KafkaConnection
-from .bus import KafkaEventBus
+from .bus import KafkaEventBus, TopicSpec, topic_specs
 from .clients import KafkaClients
 from .subscription import KafkaSubscription
 
-__all__ = ["KafkaClients", "KafkaEventBus", "KafkaSubscription", "kafka_bus"]
+__all__ = ["KafkaClients", "KafkaEventBus", "KafkaSubscription", "TopicSpec", "kafka_bus", "topic_specs"]
 
 
 def kafka_bus(conn: KafkaConnection, **options: Any) -> KafkaEventBus:
     """A bus on the connection's bootstrap servers and topic; `options` go to the constructor."""
-    return KafkaEventBus(conn.bootstrap, conn.topic, partitions=conn.partitions, **options)
+    return KafkaEventBus(conn.bootstrap, conn.topic, partitions=conn.partitions, replication=conn.replication_factor,
+                         min_insync_replicas=conn.min_insync_replicas, **options)

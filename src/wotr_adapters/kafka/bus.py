@@ -1,6 +1,7 @@
 """`KafkaEventBus`: the event bus port on a Kafka-protocol broker (Kafka or Redpanda).
 
-`start()` creates the topic and its dead-letter topic and opens one idempotent producer;
+`start()` creates the topic and its dead-letter topic (partitions, replication factor and
+`min.insync.replicas` from `topic_specs`) and opens one idempotent producer;
 `publish` waits for the delivery report of every message, so a return means the brokers
 acknowledged it (`acks=all`). `messages`/`dead_letters` read a topic back without joining
 a group. The driver clients live in a shared `KafkaClients`; consumers are `subscription`'s.
@@ -12,10 +13,11 @@ import threading
 import time
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from wotr_domain.archive import dead_letter_topic
-from wotr_domain.errors import Unavailable
+from wotr_domain.errors import ConfigError, Unavailable
 from wotr_domain.models import BusMessage, Delivery
 
 from .clients import DEPENDENCY, KafkaClients, delivery_of
@@ -23,13 +25,42 @@ from .subscription import KafkaSubscription
 
 if TYPE_CHECKING:
     from confluent_kafka import KafkaError, Message
-    from confluent_kafka.admin import AdminClient
+    from confluent_kafka.admin import AdminClient, NewTopic
 
-__all__ = ["KafkaEventBus"]
+__all__ = ["KafkaEventBus", "TopicSpec", "topic_specs"]
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSpec:
+    """A topic as wotr creates it: the arguments of confluent-kafka's `NewTopic`."""
+
+    name: str
+    num_partitions: int
+    replication_factor: int
+    config: dict[str, str]
+
+
+def topic_specs(topic: str, partitions: int, replication: int, min_insync_replicas: int) -> list[TopicSpec]:
+    """The events' topic and its dead-letter topic, with the same durability settings.
+
+    The dead-letter topic has one partition (it stays in order); both get the replication
+    factor and `min.insync.replicas`, so with the producer's `acks=all` a write is
+    acknowledged once that many replicas have it (production: 3 and 2).
+    """
+    if min_insync_replicas > replication:
+        raise ConfigError("min.insync.replicas",
+                          f"{min_insync_replicas} is more than the replication factor {replication}: "
+                          "no write could ever be acknowledged")
+    config = {"min.insync.replicas": str(min_insync_replicas)}
+    return [
+        TopicSpec(topic, partitions, replication, dict(config)),
+        TopicSpec(dead_letter_topic(topic), 1, replication, dict(config)),
+    ]
 
 
 class KafkaEventBus:
-    """Topic `topic` plus its dead-letter topic `<topic>.dlq`, both created by `start()`."""
+    """Topic `topic` plus its dead-letter topic `<topic>.dlq`, both created by `start()`
+    with `replication` replicas and `min_insync_replicas` (an existing topic keeps its own)."""
 
     def __init__(
         self,
@@ -38,6 +69,7 @@ class KafkaEventBus:
         *,
         partitions: int = 3,
         replication: int = 1,
+        min_insync_replicas: int = 1,
         delivery_timeout: float = 10.0,
         request_timeout: float = 5.0,
         producer_config: dict[str, Any] | None = None,
@@ -47,6 +79,8 @@ class KafkaEventBus:
         self.dead_letter_topic = dead_letter_topic(topic)
         self.partitions = partitions
         self.replication = replication
+        self.min_insync_replicas = min_insync_replicas
+        topic_specs(topic, partitions, replication, min_insync_replicas)  # refuses an impossible setting now
         self.clients = KafkaClients(
             bootstrap,
             delivery_timeout=delivery_timeout,
@@ -75,14 +109,21 @@ class KafkaEventBus:
 
     # -- lifecycle -----------------------------------------------------------------
 
-    def start(self) -> None:
-        from confluent_kafka import KafkaError, KafkaException
+    def new_topics(self, names: Sequence[str] | None = None) -> list[NewTopic]:
+        """The `NewTopic`s `start()` creates (those named in `names`, default both)."""
         from confluent_kafka.admin import NewTopic
 
+        specs = topic_specs(self.topic, self.partitions, self.replication, self.min_insync_replicas)
+        return [NewTopic(s.name, num_partitions=s.num_partitions, replication_factor=s.replication_factor,
+                         config=s.config) for s in specs if names is None or s.name in names]
+
+    def start(self) -> None:
+        from confluent_kafka import KafkaError, KafkaException
+
         admin = self.clients.admin()
-        wanted = {self.topic: self.partitions, self.dead_letter_topic: 1}  # one DLQ partition keeps it in order
+        wanted = [self.topic, self.dead_letter_topic]
         existing = self.clients.metadata(admin).topics
-        missing = [NewTopic(t, n, self.replication) for t, n in wanted.items() if t not in existing]
+        missing = self.new_topics([t for t in wanted if t not in existing])
         if missing:
             futures = admin.create_topics(missing, request_timeout=self.request_timeout)
             for name, future in futures.items():
@@ -93,7 +134,7 @@ class KafkaEventBus:
                         raise Unavailable(DEPENDENCY, f"cannot create topic {name}: {e.args[0].str()}") from e
                 except TimeoutError as e:
                     raise Unavailable(DEPENDENCY, f"cannot create topic {name}: {e!r}") from e
-            self._await_leaders(admin, list(wanted))
+            self._await_leaders(admin, wanted)
         self.clients.open_producer()
 
     def close(self) -> None:

@@ -54,6 +54,7 @@ from wotr_domain.models import IngestRequest, Receipt
 from wotr_domain.services import GroupCommit, IngestService
 from wotr_domain.services.ingest import MAX_TEXT_FIELD_CHARS
 
+from .auth import key_source, stamp_source, stamp_sources
 from .errors import UnsupportedMediaType, error_response
 from .ingest import _body, _is_json, _media_type, inflate
 
@@ -343,7 +344,7 @@ async def _single(
         ingest.note_rejected()
         raise
     try:
-        receipt = await group_commit.submit(event)
+        receipt = await group_commit.submit(stamp_source(event, key_source(request)))  # a key's source wins
     except Conflict:  # the first message of an id is kept (see the module docstring)
         return Response(TrackingAnswer(id=event.id or "", duplicate=True), status_code=200)
     except (InvalidEvent, Refused) as e:  # the message itself cannot be taken: the SDKs drop it
@@ -410,6 +411,7 @@ async def segment_batch(
         except WotrError:
             ingest.note_rejected()
             raise
+        items = stamp_sources(items, key_source(request))  # a key's source wins, as on /ingest
         return items, ingest.ingest_many(items)
 
     try:
