@@ -103,6 +103,9 @@ class Load:
         self.error: BaseException | None = None
         self._last_failure: dict[bytes, str] = {}  # body -> why its last attempt failed
         self.in_flight = {"s": 0, "b": 0}  # requests sent and not yet answered, single / batch
+        self._bursts = 0
+        self._done = 0
+        self._tasks: list = []
 
     # -- control -----------------------------------------------------------------------
 
@@ -116,6 +119,16 @@ class Load:
             raise TimeoutError("the load generator did not finish")
         if self.error is not None:
             raise RuntimeError(f"the load generator failed: {self.error!r}") from self.error
+
+    def burst(self, n: int) -> None:
+        """Send `n` more single events at once (ids `<prefix>x<k>`), from another thread."""
+
+        def add() -> None:
+            for _ in range(n):
+                self._bursts += 1
+                self._tasks.append(asyncio.ensure_future(self._single(self._client, self._bursts, "x")))
+
+        self._loop.call_soon_threadsafe(add)
 
     def elapsed(self) -> float:
         return time.monotonic() - self.t0
@@ -134,6 +147,7 @@ class Load:
         self._deadline = self.t0 + self.duration + self.retry_until
         async with httpx.AsyncClient(base_url=self.url, limits=limits, timeout=timeout) as client:
             tasks: list[asyncio.Task] = []
+            self._loop, self._client, self._tasks = asyncio.get_running_loop(), client, tasks
             schedule = []
             if self.single_rate > 0:
                 schedule += [(i / self.single_rate, "s", i) for i in range(int(self.single_rate * self.duration))]
@@ -150,14 +164,17 @@ class Load:
                 else:
                     tasks.append(asyncio.create_task(self._batch(client, n)))
             self.sent_all.set()
-            await asyncio.gather(*tasks)
+            while tasks:  # a burst may add tasks meanwhile
+                pending, tasks[:] = list(tasks), []
+                await asyncio.gather(*pending)
+                self._done += len(pending)
 
     def _event(self, event_id: str, kind: str, n: int) -> dict:
         return {"id": event_id, "source": "chaos", "type": kind,
                 "payload": {"prefix": self.prefix, "n": n, "pad": PAD}}
 
-    async def _single(self, client: httpx.AsyncClient, n: int) -> None:
-        event_id = f"{self.prefix}s{n}"
+    async def _single(self, client: httpx.AsyncClient, n: int, tag: str = "s") -> None:
+        event_id = f"{self.prefix}{tag}{n}"
         body = json.dumps(self._event(event_id, "single", n)).encode()
         self.ledger.state[event_id] = PENDING
         response = await self._send(client, "/ingest", body)

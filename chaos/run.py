@@ -142,6 +142,7 @@ def drain(ctx: Ctx, timeout: float) -> float | None:
 def run_scenario(scenario: Scenario, stack: ChaosStack, p: Pipeline, obs: Observer, quick: bool) -> Result:
     say(f"scenario {scenario.slug}: {scenario.fault}: {scenario.how}")
     result = Result(scenario.slug, scenario.fault, scenario.how, scenario.duration)
+    stack.ensure_up()
     ensure_running(p)
     load = Load(p.url, f"{scenario.slug.replace('+', '.')}-", duration=scenario.duration, retry_until=60.0,
                 attempt_timeout=15.0, **RATES)
@@ -159,6 +160,7 @@ def run_scenario(scenario: Scenario, stack: ChaosStack, p: Pipeline, obs: Observ
             say(traceback.format_exc())
             t_end = time.monotonic()
         result.fault_held = t_end - t_inject
+        stack.ensure_up()
         ensure_running(p)
         result.recovery = obs.time_to_recover(t_end, limit=240.0)
         say(f"  recovered in {result.recovery:.1f}s" if result.recovery is not None else "  did not recover")

@@ -58,6 +58,14 @@ class Ctx:
     def hold(self, full: float, quick: float) -> None:
         time.sleep(quick if self.quick else full)
 
+    def crowd(self, burst: int = 30, singles: int = 10, batch: bool = True) -> int:
+        """Make sure requests are in flight: wait for a batch request, add a burst of single
+        events, wait until at least `singles` of them are in flight; returns how many are."""
+        if batch:
+            self.wait_in_flight(singles=0, batches=1, timeout=3)
+        self.load.burst(burst)
+        return self.wait_in_flight(singles=singles, batches=1 if batch else 0, timeout=3)
+
     def wait_in_flight(self, singles: int = 1, batches: int = 0, timeout: float = 10.0) -> int:
         """Wait until the load has at least this many requests in flight; returns how many."""
         deadline = time.monotonic() + timeout
@@ -111,7 +119,7 @@ class Ctx:
 
 
 def api_kill9(ctx: Ctx) -> float:
-    n = ctx.wait_in_flight(singles=2, batches=1)
+    n = ctx.crowd()
     t = time.monotonic()
     ctx.p.kill9("serve")
     ctx.note(f"API killed with SIGKILL, {n} requests in flight (a batch among them)")
@@ -120,7 +128,7 @@ def api_kill9(ctx: Ctx) -> float:
 
 
 def api_sigterm(ctx: Ctx) -> float:
-    n = ctx.wait_in_flight(singles=3, batches=1)
+    n = ctx.crowd()
     t = time.monotonic()
     ctx.marks["sigterm"] = t
     ctx.p.kill("serve", signal.SIGTERM)
@@ -165,7 +173,7 @@ def kafka_stop(ctx: Ctx) -> float:
 
 
 def s3_kill9(ctx: Ctx) -> float:
-    ctx.wait_in_flight(singles=2)
+    ctx.crowd(batch=False)
     t = time.monotonic()
     ctx.stack.kill9("s3")
     took = ctx.stack.start("s3")
@@ -174,7 +182,7 @@ def s3_kill9(ctx: Ctx) -> float:
 
 
 def postgres_kill9_commits(ctx: Ctx) -> float:
-    ctx.wait_in_flight(singles=2, batches=1)
+    ctx.crowd()
     t = time.monotonic()
     ctx.stack.kill9("postgres")
     took = ctx.stack.start("postgres")

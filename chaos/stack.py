@@ -140,7 +140,20 @@ class ChaosStack:
         wait_until(lambda: service.pid() is None, 20, f"{name} to die")
         if service.process is not None:
             service.process.poll()  # reap it if this process started it
+        # a multi-threaded server (the JVM) shows as a zombie before its last thread has
+        # closed its sockets: wait until nothing listens on its ports any more
+        from wotr_testing.stack.process import port_open
+
+        wait_until(lambda: not any(port_open("127.0.0.1", port, 0.2) for port in service.ports), 30,
+                   f"{name}'s ports to close")
         return pid
+
+    def ensure_up(self) -> None:
+        """Start whatever of this stack is not running (after a failed injection, say)."""
+        down = [name for name in SERVICES if self.stack.services[name].pid() is None]
+        if down:
+            say(f"stack: starting {', '.join(down)} again")
+            self.stack.up(down)
 
     def stop(self, name: str) -> None:
         """The graceful stop the stack uses (SIGTERM; PostgreSQL: fast shutdown)."""

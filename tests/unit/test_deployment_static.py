@@ -11,8 +11,10 @@ that could never fail would show.
 
 from __future__ import annotations
 
+import copy
 import json
 import re
+import subprocess
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -864,3 +866,309 @@ def test_docs_mention_only_existing_make_targets_and_default_ports():
     for service, port in (("api", 8000), ("grafana", 3000), ("prometheus", 9090), ("superset", 8088)):
         host_port = published(service)[port]
         assert f"127.0.0.1:{host_port}" in text, f"docs do not give {service}'s address"
+
+
+# ---------------------------------------------------------------------------------------
+# Redpanda: durable settings (fsync on, developer mode off)
+# ---------------------------------------------------------------------------------------
+
+_SIZE = re.compile(r"^(\d+(?:\.\d+)?)([KMGT]?)i?B?$", re.IGNORECASE)
+
+
+def size_bytes(text: str) -> int:
+    number, unit = _SIZE.match(text).groups()
+    return int(float(number) * 1024 ** " KMGT".index(unit.upper() or " "))
+
+
+def redpanda_durability_problems(service: Mapping[str, Any]) -> list[str]:
+    """rpk runs a node whose redpanda.yaml says developer_mode (the image's default, and
+    rpk's when there is no file) as --mode=dev-container, which bypasses fsync; so the
+    service must switch the node to production mode before rpk starts, and start it with
+    fsync explicitly on and at least the 1 GiB per core Redpanda demands outside
+    developer mode."""
+    command = [str(part) for part in service.get("command") or []]
+    flags = dict(part.split("=", 1) if "=" in part else (part, "") for part in command if part.startswith("--"))
+    problems = []
+    if command[:2] != ["redpanda", "start"]:
+        problems.append(f"command {command[:2]} is not `redpanda start`")
+    if "--mode" in flags or any("dev-container" in part for part in command) or "--dev-mode" in flags:
+        problems.append("a developer mode (--mode dev-container) is set: fsync is bypassed")
+    if flags.get("--unsafe-bypass-fsync", "missing").lower() not in ("false", "0"):
+        problems.append("--unsafe-bypass-fsync=false is not set explicitly")
+    if any("developer_mode=true" in part or "write_caching" in part for part in command):
+        problems.append("developer_mode or write caching switched on")
+    entrypoint = service.get("entrypoint")
+    script = entrypoint[2] if isinstance(entrypoint, list) and entrypoint[:2] == ["/bin/sh", "-c"] else ""
+    production = script.find("rpk redpanda mode production")
+    start = script.find('exec /entrypoint.sh "$@"')
+    if production < 0 or start < production or "&&" not in script[production:start]:
+        problems.append("the entrypoint does not run `rpk redpanda mode production && exec /entrypoint.sh \"$@\"`")
+    cores = int(flags.get("--smp", "0") or 0)
+    if cores < 1 or "--memory" not in flags or size_bytes(flags["--memory"]) < cores * 1024 ** 3:
+        problems.append("--smp and --memory must give each core at least 1 GiB")
+    return problems
+
+
+def test_redpanda_durability_checker_rejects_developer_settings():
+    good = copy.deepcopy(SERVICES["redpanda"])
+    dev = copy.deepcopy(good)
+    dev["command"] = ["redpanda", "start", "--mode=dev-container", "--smp=1", "--memory=1G"]
+    dev.pop("entrypoint")
+    problems = redpanda_durability_problems(dev)
+    assert len(problems) == 3 and "developer mode" in problems[0] and "fsync=false" in problems[1]
+    small = copy.deepcopy(good)
+    small["command"] = [c if not str(c).startswith("--smp") else "--smp=2" for c in small["command"]]
+    assert redpanda_durability_problems(small) == ["--smp and --memory must give each core at least 1 GiB"]
+    swapped = copy.deepcopy(good)
+    swapped["entrypoint"] = ["/bin/sh", "-c", 'exec /entrypoint.sh "$@"; rpk redpanda mode production', "x"]
+    assert len(redpanda_durability_problems(swapped)) == 1
+
+
+def test_redpanda_runs_durable_fsync_on_and_developer_mode_off():
+    assert redpanda_durability_problems(SERVICES["redpanda"]) == []
+
+
+def test_docs_state_the_brokers_durability():
+    text = DOCS.read_text()
+    section = text[text.index("### Durability"):]
+    section = section[:section.index("\n## ")] if "\n## " in section else section
+    for needed in ("fsync", "developer_mode", "rpk redpanda mode production", "--unsafe-bypass-fsync=false",
+                   "acks=all", "make down"):
+        assert needed in section, f"docs/deployment.md, Durability, does not mention {needed}"
+
+
+# ---------------------------------------------------------------------------------------
+# Alerting: Prometheus -> Alertmanager -> a webhook, in compose and in the native stack
+# ---------------------------------------------------------------------------------------
+
+ALERTMANAGER_DIR = ROOT / "deployment" / "alertmanager"
+ALERTMANAGER_CONFIG = ALERTMANAGER_DIR / "alertmanager.yml"
+
+
+def tool(name: str) -> str:
+    import shutil
+
+    path = shutil.which(name)
+    if not path:
+        pytest.fail(f"{name} is missing: `wotr stack up` installs it (Debian packages prometheus, prometheus-alertmanager)")
+    return path
+
+
+def receiver_problems(config: Mapping[str, Any], services: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Every route names a receiver that exists; every webhook posts to a compose service
+    on the port that service listens on."""
+    receivers = {r["name"]: r for r in config.get("receivers", [])}
+    problems = []
+    routes, todo = [], [config.get("route") or {}]
+    while todo:
+        route = todo.pop()
+        routes.append(route)
+        todo += route.get("routes", [])
+    for route in routes:
+        if route.get("receiver", config["route"].get("receiver")) not in receivers:
+            problems.append(f"route to unknown receiver {route.get('receiver')!r}")
+    for name, receiver in receivers.items():
+        configs = [c for key, value in receiver.items() if key.endswith("_configs") for c in value]
+        if not configs:
+            problems.append(f"receiver {name} sends nowhere")
+        for hook in receiver.get("webhook_configs", []):
+            url = urlsplit(hook["url"])
+            if url.hostname not in services:
+                problems.append(f"receiver {name}: {hook['url']} is not a compose service")
+                continue
+            port = environment(services[url.hostname]).get("PORT")
+            if str(url.port) != port:
+                problems.append(f"receiver {name}: {hook['url']} but {url.hostname} listens on {port}")
+    return problems
+
+
+def test_receiver_checker_rejects_unknown_receivers_and_wrong_webhooks():
+    config = yaml.safe_load(ALERTMANAGER_CONFIG.read_text())
+    config["route"]["routes"] = [{"receiver": "pager", "matchers": ['severity="page"']}]
+    config["receivers"].append({"name": "silent"})
+    config["receivers"][0]["webhook_configs"][0]["url"] = "http://alert-webhook:9999/alerts"
+    assert receiver_problems(config, SERVICES) == [
+        "route to unknown receiver 'pager'", "receiver webhook: http://alert-webhook:9999/alerts but alert-webhook "
+        "listens on 8080", "receiver silent sends nowhere"]
+
+
+def test_compose_prometheus_sends_alerts_to_alertmanager_which_posts_to_the_webhook():
+    prometheus = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
+    targets = [t for am in prometheus["alerting"]["alertmanagers"] for sc in am["static_configs"] for t in sc["targets"]]
+    assert targets == ["alertmanager:9093"]
+    assert 9093 in published("alertmanager") and image_pin_problem(SERVICES["alertmanager"]["image"]) is None
+    assert SERVICES["prometheus"]["depends_on"]["alertmanager"] == {"condition": "service_healthy"}
+    flags = dict(str(a).split("=", 1) for a in SERVICES["alertmanager"]["command"])
+    assert mounts("alertmanager")[flags["--config.file"]] == ALERTMANAGER_CONFIG
+    assert flags["--cluster.listen-address"] == "", "one Alertmanager: no gossip port"
+    assert flags["--storage.path"] in [str(v).split(":")[1] for v in SERVICES["alertmanager"]["volumes"]]
+    config = yaml.safe_load(ALERTMANAGER_CONFIG.read_text())
+    assert receiver_problems(config, SERVICES) == []
+    assert all(hook.get("send_resolved") for r in config["receivers"] for hook in r.get("webhook_configs", []))
+    webhook = SERVICES["alert-webhook"]
+    script = mounts("alert-webhook")
+    assert script and all(path.is_file() for path in script.values())
+    assert webhook["command"][-1] in script and image_pin_problem(webhook["image"]) is None
+    assert str(webhook.get("user", "0")).split(":")[0] not in ("0", "root")
+
+
+def test_alertmanager_configs_pass_amtool_and_prometheus_configs_pass_promtool(tmp_path):
+    from wotr_testing.stack.paths import StackPaths
+    from wotr_testing.stack.stack import SERVICE_TYPES
+
+    services = {cls.name: cls(StackPaths(tmp_path, 0)) for cls in SERVICE_TYPES}
+    (tmp_path / "alertmanager.yml").write_text(services["alertmanager"].render_config())
+    native = yaml.safe_load(services["prometheus"].render_config())
+    native["rule_files"] = []  # the rules themselves: tests/unit/test_observability_static.py
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(native))
+    for command in ([tool("amtool"), "check-config", str(ALERTMANAGER_CONFIG)],
+                    [tool("amtool"), "check-config", str(tmp_path / "alertmanager.yml")],
+                    [tool("promtool"), "check", "config", str(PROMETHEUS_CONFIG)],
+                    [tool("promtool"), "check", "config", str(tmp_path / "prometheus.yml")]):
+        done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("offset", [0, 20000])
+def test_native_prometheus_sends_to_the_native_alertmanager(tmp_path, offset):
+    from wotr_testing.stack.paths import StackPaths
+    from wotr_testing.stack.stack import SERVICE_NAMES, SERVICE_TYPES
+
+    assert "alertmanager" in SERVICE_NAMES
+    services = {cls.name: cls(StackPaths(tmp_path, offset)) for cls in SERVICE_TYPES}
+    alertmanager, prometheus = services["alertmanager"], services["prometheus"]
+    config = yaml.safe_load(prometheus.render_config())
+    targets = [t for am in config["alerting"]["alertmanagers"] for sc in am["static_configs"] for t in sc["targets"]]
+    assert targets == [alertmanager.endpoint]
+    ports = [port for service in services.values() for port in service.ports]
+    assert len(ports) == len(set(ports)), f"two services of the stack share a port: {ports}"
+    flags = dict(a.split("=", 1) for a in alertmanager.command()[1:])
+    assert flags["--web.listen-address"] == alertmanager.endpoint and alertmanager.endpoint.startswith("127.0.0.1:")
+    assert flags["--cluster.listen-address"] == ""
+    routed = yaml.safe_load(alertmanager.render_config())
+    (receiver,) = routed["receivers"]
+    assert routed["route"]["receiver"] == receiver["name"]
+    url = urlsplit(receiver["webhook_configs"][0]["url"])
+    assert url.hostname == "127.0.0.1" and url.port not in ports
+    assert alertmanager.exports() == {"ALERTMANAGER_URL": f"http://{alertmanager.endpoint}"}
+
+
+# ---------------------------------------------------------------------------------------
+# Reproducible installs: constraints.txt
+# ---------------------------------------------------------------------------------------
+
+CONSTRAINTS = ROOT / "constraints.txt"
+
+
+def canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def read_constraints(text: str) -> dict[str, str]:
+    pins: dict[str, str] = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        match = re.fullmatch(r"([A-Za-z0-9][A-Za-z0-9._-]*)==([A-Za-z0-9.+!_-]+)", line)
+        assert match, f"constraints.txt: {line!r} is not name==version"
+        name = canonical(match.group(1))
+        assert name not in pins, f"constraints.txt pins {name} twice"
+        pins[name] = match.group(2)
+    return pins
+
+
+def declared_requirements() -> dict[str, list[str]]:
+    """Where -> requirement strings, for the core dependencies and every extra."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    return {"dependencies": project["dependencies"], **{f"extra {k}": v for k, v in project["optional-dependencies"].items()}}
+
+
+def pin_problems(declared: Mapping[str, list[str]], pins: Mapping[str, str]) -> list[str]:
+    from packaging.requirements import Requirement
+
+    problems = []
+    for where, requirements in declared.items():
+        for text in requirements:
+            requirement = Requirement(text)
+            name = canonical(requirement.name)
+            if name == "wotr":
+                continue  # the project's own extras, checked where they are declared
+            if name not in pins:
+                problems.append(f"{where}: {text} is not pinned in constraints.txt")
+            elif not requirement.specifier.contains(pins[name], prereleases=True):
+                problems.append(f"{where}: {text} but constraints.txt pins {pins[name]}")
+    return problems
+
+
+def test_pin_checker_rejects_missing_and_conflicting_pins():
+    declared = {"extra x": ["alpha>=2", "beta[fast]==1.0", "wotr[x]"]}
+    assert pin_problems(declared, {"alpha": "1.5", "gamma": "1"}) == [
+        "extra x: alpha>=2 but constraints.txt pins 1.5", "extra x: beta[fast]==1.0 is not pinned in constraints.txt"]
+    with pytest.raises(AssertionError, match="not name==version"):
+        read_constraints("-e ../wotr\n")
+
+
+def test_every_declared_dependency_is_pinned_in_constraints():
+    pins = read_constraints(CONSTRAINTS.read_text())
+    assert "wotr" not in pins, "the project itself is not a constraint"
+    assert pin_problems(declared_requirements(), pins) == []
+
+
+def test_the_extras_that_dependencies_ask_for_are_pinned_too():
+    """`litestar[standard]`, `psycopg[binary]`, ...: what those extras bring is pinned as well
+    (read from the installed packages' metadata)."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+
+    pins = read_constraints(CONSTRAINTS.read_text())
+    missing = []
+    for requirements in declared_requirements().values():
+        for requirement in map(Requirement, requirements):
+            if not requirement.extras or canonical(requirement.name) == "wotr":
+                continue
+            try:
+                brought = [Requirement(r) for r in metadata.requires(requirement.name) or []]
+            except metadata.PackageNotFoundError:
+                continue
+            for extra in requirement.extras:
+                for dep in brought:
+                    if dep.marker and dep.marker.evaluate({"extra": extra}) and canonical(dep.name) not in pins:
+                        if dep.marker.evaluate({"extra": ""}):
+                            continue  # not specific to the extra (and then a plain dependency, checked above)
+                        missing.append(f"{requirement.name}[{extra}] -> {dep}")
+    assert missing == []
+
+
+def test_make_installs_with_the_constraints_and_has_a_lock_target():
+    makefile = (ROOT / "Makefile").read_text()
+    installs = [line.strip() for line in makefile.splitlines()
+                if re.search(r"pip install\b", line) and "--no-deps" not in line and "--upgrade pip" not in line]
+    resolving = [line for line in installs if "--dry-run" not in line]
+    assert resolving, "no pip install in the Makefile"
+    assert [line for line in resolving if "-c constraints.txt" not in line] == []
+    for stamp in ("$(RUN_STAMP)", "$(STAMP)"):
+        prerequisites = re.search(rf"^{re.escape(stamp)}:([^|\n]*)", makefile, re.M).group(1).split()
+        assert "constraints.txt" in prerequisites, f"{stamp} is not rebuilt when constraints.txt changes"
+    assert "lock" in make_targets(makefile)
+    lock = re.search(r"^lock:.*\n((?:\t.*\n)+)", makefile, re.M).group(1)
+    assert "'.[test,bench]'" in lock and "> constraints.txt" in lock
+    extras = {k.removeprefix("extra ") for k in declared_requirements() if k.startswith("extra ")}
+    locked = set(re.search(r"'\.\[([^\]]+)\]'", lock).group(1).split(","))
+    test_closure = {"test", "all", "testing", "api", "embedded", "clickhouse", "minio", "kafka", "postgres", "telemetry", "etl"}
+    assert extras <= test_closure | locked, f"extras make lock does not resolve: {extras - test_closure - locked}"
+
+
+def test_the_images_install_with_the_constraints():
+    for stage in WOTR_STAGES:
+        for keyword, args in stage.instructions:
+            if keyword == "RUN" and re.search(r"\bpip install\b", args) and "--no-deps" not in args:
+                assert "-c constraints.txt" in args, f"{stage.name}: {args}"
+                steps = [(kw, a) for s in lineage(WOTR_STAGES, stage) for kw, a in s.instructions]
+                copied = [i for i, (kw, a) in enumerate(steps) if kw == "COPY" and "constraints.txt" in a.split()]
+                assert copied and copied[0] < steps.index((keyword, args)), f"{stage.name}: constraints.txt not copied first"
+    ignored = [p.strip() for p in (ROOT / ".dockerignore").read_text().splitlines() if p.strip() and not p.startswith("#")]
+    assert not any(Path("constraints.txt").match(p) for p in ignored), ".dockerignore keeps constraints.txt out"

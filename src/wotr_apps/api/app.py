@@ -33,6 +33,7 @@ from .auth import INGEST_GUARDS, WriteKeys
 from .errors import EXCEPTION_HANDLERS
 from .ingest import ingest_batch, ingest_one
 from .limits import RateLimiter, rate_limit_headers
+from .edge import IngestEdge
 from .http_metrics import HttpMetrics
 from .metrics import metrics_route
 from .openapi import contract_openapi_config
@@ -124,6 +125,7 @@ def create_app(parts: ApiParts) -> Litestar:
     routes: list[Any] = [ingest_one, ingest_batch, tracking, event_metadata, latest_rows, health, ready]
     cors = cors_config(settings.cors_origins)
     origins = OriginPolicy(cors)  # the tracking routes refuse other browser origins
+    edge = IngestEdge(parts.ingest, group_commit, limits, batch_slots, origins)
     plugins: list[Any] = []
     middleware: list[Any] = []
     if telemetry is not None:
@@ -134,6 +136,7 @@ def create_app(parts: ApiParts) -> Litestar:
     return Litestar(
         route_handlers=routes,
         dependencies={
+            "edge": Provide(lambda: edge, sync_to_thread=False),
             "ingest": Provide(lambda: parts.ingest(), sync_to_thread=False),
             "metadata_repo": Provide(lambda: parts.metadata_repo(), sync_to_thread=False),
             "analytics_sink": Provide(lambda: parts.analytics_sink(), sync_to_thread=False),
@@ -143,7 +146,7 @@ def create_app(parts: ApiParts) -> Litestar:
             "group_commit": Provide(lambda: group_commit, sync_to_thread=False),
             "batch_slots": Provide(lambda: batch_slots, sync_to_thread=False),
         },
-        signature_types=[IngestService, MetadataRepo, AnalyticsSink, GroupCommit, InFlightLimit],
+        signature_types=[IngestService, MetadataRepo, AnalyticsSink, GroupCommit, InFlightLimit, IngestEdge],
         # Read by the ingest guards (auth.require_write_key, limits.rate_limit); set here,
         # not at start-up, so that no app ever serves ingest unguarded when keys are on.
         state=State({"write_keys": write_keys, "rate_limiter": rate_limiter}),

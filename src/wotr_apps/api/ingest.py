@@ -21,6 +21,7 @@ from wotr_domain.models import BatchItemResult, IngestRequest, Receipt
 from wotr_domain.services import IngestService
 
 from .auth import INGEST_GUARDS, key_source, stamp_source, stamp_sources
+from .edge import IngestEdge
 from .errors import SUPPORTED_CODINGS, BodyTooLarge, CorruptBody, UnsupportedContentEncoding, UnsupportedMediaType
 from wotr_domain.services import GroupCommit
 from wotr_domain.services.group_commit import InFlightLimit
@@ -108,17 +109,13 @@ def inflate(body: bytes, coding: str, limit: int) -> bytes:
 
 
 @post("/ingest", status_code=202, summary="Ingest one event", guards=INGEST_GUARDS)
-async def ingest_one(
-    request: Request,
-    ingest: NamedDependency[IngestService],
-    group_commit: NamedDependency[GroupCommit],
-    limits: NamedDependency[dict],
-) -> Response[Receipt]:
+async def ingest_one(request: Request, edge: NamedDependency[IngestEdge]) -> Response[Receipt]:
     """Body `{"payload": {...}}` with optional `id`, `source`, `type`, `timestamp`;
     Content-Encoding gzip or deflate accepted.
 
     202 with the receipt for a new event; 200 with the first receipt for a repeated id.
     """
+    ingest, group_commit, limits = edge.ingest, edge.group_commit, edge.limits
     try:
         media_type = _media_type(request)
         if not _is_json(media_type):
@@ -160,17 +157,12 @@ def parse_batch(body: bytes, media_type: str, max_events: int) -> list[IngestReq
 
 
 @post("/ingest/batch", status_code=202, summary="Ingest a batch of events (JSON array or NDJSON)", guards=INGEST_GUARDS)
-async def ingest_batch(
-    request: Request,
-    ingest: NamedDependency[IngestService],
-    limits: NamedDependency[dict],
-    batch_slots: NamedDependency[InFlightLimit],
-) -> Response[dict]:
+async def ingest_batch(request: Request, edge: NamedDependency[IngestEdge]) -> Response[dict]:
     """Per-event results in input order: 202 when every event was accepted, 207 when some
     were rejected, 422 when none was. Content-Encoding gzip or deflate accepted. 503 at
     once (before the body is read) when the batches in flight are at their bound."""
-    with batch_slots.admit():
-        return await _ingest_batch(request, ingest, limits)
+    with edge.batch_slots.admit():
+        return await _ingest_batch(request, edge.ingest, edge.limits)
 
 
 async def _ingest_batch(request: Request, ingest: IngestService, limits: dict) -> Response[dict]:

@@ -54,6 +54,7 @@ from wotr_domain.models import IngestRequest, Receipt
 from wotr_domain.services import GroupCommit, IngestService
 from wotr_domain.services.ingest import MAX_TEXT_FIELD_CHARS
 
+from .edge import IngestEdge
 from .auth import key_source, stamp_source, stamp_sources
 from .errors import UnsupportedMediaType, error_response
 from .ingest import _body, _is_json, _media_type, inflate
@@ -353,14 +354,8 @@ async def _single(
 
 
 def _single_route(kind: str) -> Any:
-    async def handler(
-        request: Request,
-        ingest: NamedDependency[IngestService],
-        group_commit: NamedDependency[GroupCommit],
-        limits: NamedDependency[dict],
-        origins: NamedDependency[OriginPolicy],
-    ) -> Response[TrackingAnswer]:
-        return await _single(request, kind, ingest, group_commit, limits, origins)
+    async def handler(request: Request, edge: NamedDependency[IngestEdge]) -> Response[TrackingAnswer]:
+        return await _single(request, kind, edge.ingest, edge.group_commit, edge.limits, edge.origins)
 
     handler.__name__ = handler.__qualname__ = f"segment_{kind}"
     handler.__doc__ = (
@@ -383,15 +378,11 @@ def _single_route(kind: str) -> Any:
     tags=["tracking (Segment-compatible)"],
     name="segment_batch",
 )
-async def segment_batch(
-    request: Request,
-    ingest: NamedDependency[IngestService],
-    limits: NamedDependency[dict],
-    origins: NamedDependency[OriginPolicy],
-) -> Response[TrackingBatchAnswer]:
+async def segment_batch(request: Request, edge: NamedDependency[IngestEdge]) -> Response[TrackingBatchAnswer]:
     """`{"batch": [messages], "sentAt"?, "context"?, "integrations"?}`, the envelope every
     Segment server SDK sends (`/v1/b` is analytics.js's short path). 200 when at least one
     message was accepted (the others listed with their error), 400 when none was."""
+    ingest, limits, origins = edge.ingest, edge.limits, edge.origins
     if not origins.allows(request):
         ingest.note_rejected()
         return _origin_refused(request)
