@@ -188,7 +188,7 @@ def test_status_lists_every_service_running_and_healthy(native_stack):
     done = subprocess.run([*STACK, "status"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
     lines = {line.split()[0]: line for line in done.stdout.splitlines()[1:]}
-    assert set(lines) == {"kafka", "s3", "postgres", "prometheus"}
+    assert set(lines) == {"kafka", "s3", "postgres", "prometheus", "alertmanager"}
     for name, line in lines.items():
         service = native_stack.services[name]
         fields = line.split()
@@ -216,7 +216,7 @@ def test_second_up_is_fast_starts_nothing_and_prints_the_env(native_stack):
     assert Settings.from_env(written, profile="local").postgres == PostgresConnection(port=ports["postgres"])
     assert written["PROMETHEUS_URL"] == f"http://127.0.0.1:{ports['prometheus']}"
     if not os.environ.get("WOTR_STACK_PORT_OFFSET"):  # the defaults wotr's settings assume
-        assert ports == {"kafka": 9092, "s3": 9000, "postgres": 5433, "prometheus": 9090}
+        assert ports == {"kafka": 9092, "s3": 9000, "postgres": 5433, "prometheus": 9090, "alertmanager": 9095}
 
 
 def test_one_service_stops_and_starts_again_keeping_its_data(native_stack, unique_name: str):

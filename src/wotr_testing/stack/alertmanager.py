@@ -62,6 +62,10 @@ class Alertmanager(Service):
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.config_file.write_text(self.render_config())
 
+    def refresh(self) -> None:
+        """A running Alertmanager takes a changed route or receiver without a restart."""
+        self.reload_config(self.config_file, self.render_config(), f"{self.url}/-/reload")
+
     def command(self) -> list[str]:
         return [str(ALERTMANAGER_BIN), f"--config.file={self.config_file}", f"--storage.path={self.data_dir}",
                 f"--web.listen-address={self.endpoint}", f"--web.external-url={self.url}",

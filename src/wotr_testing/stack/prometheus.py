@@ -7,7 +7,7 @@ from pathlib import Path
 
 from .alertmanager import ALERTMANAGER_PORT
 from .paths import render_template
-from .process import StackError, say
+from .process import StackError
 from .service import HOST, Service
 
 __all__ = ["Prometheus", "SCRAPE_TARGETS"]
@@ -58,23 +58,8 @@ class Prometheus(Service):
 
     def refresh(self) -> None:
         """A running Prometheus whose configuration is older than this code's (e.g. from before
-        the stack had an Alertmanager) gets the new one through its reload endpoint, without
-        a restart."""
-        wanted = self.render_config()
-        try:
-            if self.config_file.read_text() == wanted:
-                return
-        except FileNotFoundError:
-            pass
-        self.config_file.write_text(wanted)
-        request = urllib.request.Request(f"{self.url}/-/reload", method="POST")
-        try:
-            with _NO_PROXY.open(request, timeout=10) as response:
-                response.read()
-            say(f"prometheus: configuration updated and reloaded ({self.config_file})")
-        except OSError as exc:  # it keeps running with its old configuration
-            say(f"prometheus: configuration updated, but the reload failed ({exc}); "
-                f"`wotr stack restart prometheus` applies it")
+        the stack had an Alertmanager) gets the new one through its reload endpoint."""
+        self.reload_config(self.config_file, self.render_config(), f"{self.url}/-/reload")
 
     def command(self) -> list[str]:
         return [str(PROMETHEUS_BIN), f"--config.file={self.config_file}",

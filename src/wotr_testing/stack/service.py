@@ -7,11 +7,12 @@ from abc import ABC, abstractmethod
 import signal
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 from typing import Mapping
 
 from .paths import StackPaths
-from .process import StackError, alive, describe_exit, find_process, port_open, read_pid, tail
+from .process import StackError, alive, describe_exit, find_process, port_open, read_pid, say, tail
 
 __all__ = ["HOST", "Service"]
 
@@ -75,6 +76,24 @@ class Service(ABC):
     def refresh(self) -> None:
         """Bring a service that is already running up to date without restarting it
         (e.g. reload a configuration this code now renders differently); a no-op by default."""
+
+    def reload_config(self, config_file: Path, wanted: str, reload_url: str) -> None:
+        """Write `wanted` to `config_file` when it differs and POST `reload_url` (the
+        Prometheus-style /-/reload), so a running server takes it without a restart."""
+        try:
+            if config_file.read_text() == wanted:
+                return
+        except FileNotFoundError:
+            pass
+        config_file.write_text(wanted)
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: never via a proxy
+        try:
+            with opener.open(urllib.request.Request(reload_url, method="POST"), timeout=10) as response:
+                response.read()
+            say(f"{self.name}: configuration updated and reloaded ({config_file})")
+        except OSError as exc:  # it keeps running with its old configuration
+            say(f"{self.name}: configuration updated, but the reload failed ({exc}); "
+                f"`wotr stack restart {self.name}` applies it")
 
     @abstractmethod
     def command(self) -> list[str]:
