@@ -191,6 +191,30 @@ def _ddl(database: str, cluster: str = "") -> list[str]:
 
 
 _OUTFILE = re.compile(r"\bOUTFILE\b", re.IGNORECASE)
+_READS = ("SELECT", "WITH", "SHOW", "DESCRIBE", "DESC", "EXISTS", "EXPLAIN")
+_COMMENTS = re.compile(r"(--[^\n]*|/\*.*?\*/)", re.DOTALL)
+_REACHING_OUT = re.compile(
+    r"\b(file|url|urlCluster|s3|s3Cluster|gcs|azureBlobStorage|hdfs|remote|remoteSecure|cluster|clusterAllReplicas"
+    r"|mysql|postgresql|mongodb|redis|sqlite|jdbc|odbc|executable|executablePool|input|python|deltaLake|iceberg|hudi"
+    r"|fuzzJSON|fuzzQuery)\s*\(", re.IGNORECASE)
+
+
+def _not_a_read(query: str) -> str | None:
+    """Why `query` is not a plain read of the engine's tables, or None."""
+    text = _COMMENTS.sub(" ", query).strip().rstrip(";").strip()
+    if not text:
+        return "an empty query"
+    if ";" in text:
+        return "more than one statement"
+    first = text.split(None, 1)[0].upper()
+    if first not in _READS:
+        return f"{first} is not a reading statement"
+    if _OUTFILE.search(text):
+        return "INTO OUTFILE writes a file"
+    match = _REACHING_OUT.search(text)
+    if match:
+        return f"the table function {match.group(1)}() reaches outside the engine's tables"
+    return None
 _FORMAT = re.compile(r"\bFORMAT\s+\w+\s*;?\s*$", re.IGNORECASE)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
@@ -271,18 +295,27 @@ class ClickHouseAnalyticsSink:
         for statement in self._schema:
             self._run("schema creation", self._client.command, statement)
 
+    def serve_reads(self) -> None:
+        """Make this engine's SELECTs deduplicated by default (`final = 1` for the session):
+        the seed's `SELECT * FROM wotr.ingested_data ...` is then correct as written."""
+        self._run("session setting", self._client.command, "SET final = 1")
+
     def sql(self, query: str, default_format: str = "TabSeparated", parameters: dict[str, str] | None = None) -> bytes:
         """Run one read-only statement and return its output in its FORMAT (else
         `default_format`): what the process that owns the engine serves to SQL clients.
 
-        The engine refuses writes (`readonly=1`); `INTO OUTFILE`, which would write a file
-        even then, is refused here. A query the engine rejects is `Refused`.
+        Only reading statements are run (SELECT, WITH, SHOW, DESCRIBE, EXISTS, EXPLAIN), one
+        at a time, without `INTO OUTFILE` or table functions that reach files, processes or
+        the network; anything else is `Refused` before it reaches the engine. (The engine's
+        own `readonly` setting cannot be used: on the shared in-process session it would
+        stay set and stop the consumer's inserts.) A query the engine rejects is `Refused`.
         """
-        if _OUTFILE.search(query):
-            raise Refused("clickhouse", "INTO OUTFILE is not served: the endpoint is read-only")
+        problem = _not_a_read(query)
+        if problem is not None:
+            raise Refused("clickhouse", f"not served: {problem}; the SQL endpoint is read-only")
         with self._lock:
             try:
-                return self._client.raw_query(query, parameters=parameters or None, settings={"readonly": 1},
+                return self._client.raw_query(query, parameters=parameters or None,
                                               fmt=None if _FORMAT.search(query) else default_format)
             except _driver_errors() as e:
                 if _connection_lost(e):

@@ -6,7 +6,8 @@ process serves them over the ClickHouse HTTP interface, on loopback: `GET` or `P
 with `query` (or the statement as the body) and the output in the query's `FORMAT`
 (default TabSeparated), `GET /ping`. ClickHouse clients that speak HTTP (clickhouse-connect,
 curl, JDBC/DBeaver) query it as they query a server; the API's `/analytics/latest` on the
-local profile reads through it too. Statements run with `readonly=1`.
+local profile reads through it too. Only reading statements are served; SELECTs see each
+event once (the session runs with `final = 1`), so the seed's query is right as written.
 """
 
 from __future__ import annotations
@@ -76,6 +77,7 @@ class SqlServer:
         app = Litestar(route_handlers=[query_get, query_post, ping],
                        dependencies={"sink": Provide(lambda: sink, sync_to_thread=False)}, openapi_config=None)
         self.host, self.port = host, port
+        self._sink = sink
         self._server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
                                                      access_log=False, lifespan="off"))
         self._server.install_signal_handlers = lambda: None  # the process's own handlers stay
@@ -83,6 +85,7 @@ class SqlServer:
 
     def start(self) -> bool:
         """Start serving; False (and a warning) when the port is taken: loading goes on."""
+        self._sink.serve_reads()
         with socket.socket() as probe:
             try:
                 probe.bind((self.host, self.port))
