@@ -80,6 +80,11 @@ run-etl: $(STAMP)
 bench-etl: $(STAMP)
 	$(PY) -m wotr_apps.etl.bench --events $(or $(EVENTS),100000)
 
+## Zip the sources for spark-submit's --py-files: dist/wotr-etl.zip (docs/etl.md, "On a cluster").
+.PHONY: etl-package
+etl-package: $(STAMP)
+	$(PY) -m wotr_apps.etl.submit --package dist/wotr-etl.zip
+
 ## Pin every third-party package in constraints.txt, which every install above uses (-c):
 ## re-resolve all extras (test, bench) to the newest versions pyproject.toml allows, then
 ## `make install` applies them. LOCK_ARGS="-c constraints.txt" keeps today's pins and only

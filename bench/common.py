@@ -195,6 +195,83 @@ class CpuWindow:
             self.result[f"{k}_cores"] = (tree_cpu(pid) - self._trees[k]) / wall
 
 
+# -- memory ----------------------------------------------------------------------------
+
+PEAK_RSS: list[dict] = []  # one entry per stopped service: its processes' peak RSS
+
+
+def _status_kb(pid: int) -> dict[str, int]:
+    out = {}
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(("VmRSS:", "VmHWM:")):
+                out[line.split(":")[0]] = int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return out
+
+
+def tree_pids(root: int) -> list[int]:
+    """`root` and its live descendants."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            st = _stat(int(entry))
+            if st is not None:
+                children.setdefault(st[0], []).append(int(entry))
+    out, frontier = [], [root]
+    while frontier:
+        pid = frontier.pop()
+        out.append(pid)
+        frontier.extend(children.get(pid, []))
+    return out
+
+
+def _cmd(pid: int) -> str:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return "?"
+    parts = raw.split()
+    if not parts:
+        return "?"
+    exe = parts[0].rsplit("/", 1)[-1]
+    if exe.startswith("python") and len(parts) > 2 and parts[1] == "-m":
+        return " ".join([parts[2].replace("wotr_apps.cli", "wotr"), *parts[3:5]])[:80]
+    if exe.startswith("python") and "multiprocessing" in raw:
+        return "python (uvicorn worker, spawned)"
+    return " ".join([exe, *parts[1:3]])[:80] if exe != "java" else "java (" + (parts[-1].rsplit("/", 1)[-1])[:60] + ")"
+
+
+def rss_tree(root: int) -> list[dict]:
+    """Peak (VmHWM) and current RSS of each process of a tree, in MiB."""
+    out = []
+    for pid in tree_pids(root):
+        kb = _status_kb(pid)
+        if kb:
+            out.append({"pid": pid, "cmd": _cmd(pid), "peak_mib": kb.get("VmHWM", 0) / 1024,
+                        "rss_mib": kb.get("VmRSS", 0) / 1024})
+    return out
+
+
+def tree_rss_mib(root: int) -> float:
+    return sum(_status_kb(pid).get("VmRSS", 0) for pid in tree_pids(root)) / 1024
+
+
+def raise_open_files() -> int:
+    """Soft limit of open files up to the hard one (children inherit it): an overload run
+    holds thousands of connections open at once, on both ends."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 65536)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
 def load_average() -> tuple[float, float, float]:
     return os.getloadavg()
 
@@ -289,6 +366,8 @@ class Service:
         self._ready = ready
         self.proc: subprocess.Popen | None = None
         self.log_path = ns.workdir / f"{role}.log"
+        self.peak_rss: list[dict] = []
+        self.sql_port: int | None = None
 
     @property
     def pid(self) -> int:
@@ -296,12 +375,25 @@ class Service:
         return self.proc.pid
 
     def start(self, timeout: float = 120) -> Service:
+        return self.launch().wait_ready(timeout)
+
+    def launch(self) -> Service:
+        """Start the process without waiting (several services started at once)."""
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(self.args, env=self.env, cwd=self.ns.workdir, stdout=log, stderr=log,
                                      start_new_session=True)
         log.close()
-        wait_until(lambda: self._died() or (self._ready() if self._ready else True), timeout, f"{self.role} to be ready")
-        self._died()
+        return self
+
+    def wait_ready(self, timeout: float = 120) -> Service:
+        """Wait until ready; a process that died or never got ready is stopped and the error raised."""
+        try:
+            wait_until(lambda: self._died() or (self._ready() if self._ready else True), timeout,
+                       f"{self.role} to be ready")
+            self._died()
+        except Exception:
+            self.stop(timeout=10)
+            raise
         return self
 
     def _died(self) -> bool:
@@ -320,6 +412,8 @@ class Service:
             return None
         proc, self.proc = self.proc, None
         if proc.poll() is None:
+            self.peak_rss = rss_tree(proc.pid)  # VmHWM of each process of the tree, just before it stops
+            PEAK_RSS.append({"role": self.role, "processes": self.peak_rss})
             proc.send_signal(signal.SIGTERM)
             try:
                 return proc.wait(timeout)
@@ -338,28 +432,42 @@ def http_ok(url: str) -> bool:
         return False
 
 
-def api_service(ns: Namespace, *, workers: int = 1, access_log: bool = True) -> Service:
-    """The API on the local profile: `wotr serve --api-only` itself for one worker, or
-    `bench.server` (the same app, built per worker) for several."""
+def api_service(ns: Namespace, *, workers: int = 1, role: str | None = None, **extra: str) -> Service:
+    """The API on the local profile, with wotr's defaults (access log off, WOTR_INGEST_QUEUE_MAX
+    ...) unless `extra` variables say otherwise: `wotr serve --api-only` itself for one
+    worker, or `bench.server` (the same app and server settings, built per worker) for
+    several. Its WOTR_SQL_PORT (where it would read a consumer's engine) is a free port of
+    its own, so it never reads another checkout's consumer on the default 8123."""
     port = free_port()
-    env = ns.env(f"api{workers}", WOTR_HOST=HOST, WOTR_PORT=str(port))
-    if workers == 1 and access_log:
+    role = role or f"api{workers}"
+    env = ns.env(role, WOTR_HOST=HOST, WOTR_PORT=str(port), WOTR_SQL_PORT=str(free_port()), **extra)
+    if workers == 1:
         args = [PY, "-m", "wotr_apps.cli", "serve", "--api-only"]
     else:
-        args = [PY, "-m", "bench.server", "--workers", str(workers), "--chdb-dir", str(ns.workdir / f"ch-api{workers}")]
-        if not access_log:
-            args.append("--no-access-log")
-    svc = Service(ns, f"api{workers}{'' if access_log else '-quiet'}", args, env=env, port=port,
-                  ready=lambda: http_ok(f"http://{HOST}:{port}/health"))
+        args = [PY, "-m", "bench.server", "--workers", str(workers), "--chdb-dir", str(ns.workdir / f"ch-{role}")]
+    svc = Service(ns, role, args, env=env, port=port, ready=lambda: http_ok(f"http://{HOST}:{port}/health"))
     return svc
 
 
-def consumer_service(ns: Namespace, **extra: str) -> Service:
-    metrics_port = free_port()
-    ready_file = ns.workdir / "consume.ready"
+def bare_service(ns: Namespace, *, workers: int = 1) -> Service:
+    """The bare framework (bench/bare.py): Litestar + msgspec, no I/O, the same server settings."""
+    port = free_port()
+    role = f"bare{workers}"
+    env = ns.env(role, WOTR_HOST=HOST, WOTR_PORT=str(port))
+    args = [PY, "-m", "bench.bare", "--workers", str(workers)]
+    return Service(ns, role, args, env=env, port=port, ready=lambda: http_ok(f"http://{HOST}:{port}/health"))
+
+
+def consumer_service(ns: Namespace, role: str = "consume", **extra: str) -> Service:
+    """`wotr consume` with an engine directory (ch-<role>), a metrics port, a ready file and a
+    WOTR_SQL_PORT of its own (the read-only SQL endpoint of its engine)."""
+    metrics_port, sql_port = free_port(), free_port()
+    ready_file = ns.workdir / f"{role}.ready"
     ready_file.unlink(missing_ok=True)
     args = [PY, "-m", "wotr_apps.cli", "consume", "--metrics-port", str(metrics_port), "--ready-file", str(ready_file)]
-    svc = Service(ns, "consume", args, env=ns.env("consume", **extra), port=metrics_port, ready=ready_file.exists)
+    svc = Service(ns, role, args, env=ns.env(role, WOTR_SQL_PORT=str(sql_port), **extra), port=metrics_port,
+                  ready=ready_file.exists)
+    svc.sql_port = sql_port
     return svc
 
 

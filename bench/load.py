@@ -21,6 +21,7 @@ wrk.method = "%(method)s"
 wrk.body = f:read("*a")
 f:close()
 wrk.headers["Content-Type"] = "application/json"
+%(headers)s
 if wrk.body == "" then wrk.method = "GET"; wrk.body = nil; wrk.headers["Content-Type"] = nil end
 
 done = function(summary, latency, requests)
@@ -68,16 +69,19 @@ end
 
 
 def wrk(wrk_path: str, url: str, workdir: Path, *, body: bytes = b"", connections: int, duration: float,
-        threads: int = 1, timeout: float = 30, put_paths: list[str] | None = None) -> dict:
+        threads: int = 1, timeout: float = 30, put_paths: list[str] | None = None,
+        headers: dict[str, str] | None = None) -> dict:
     """Run wrk for `duration` seconds; returns requests/s, errors, latency and wrk's own CPU.
 
     `put_paths`: PUT `body` to these paths (path and query of presigned URLs) in turn.
+    `headers`: extra request headers (a write key, Content-Encoding).
     """
-    name = f"wrk-{int(time.time() * 1000)}"
+    name = f"wrk-{time.time_ns()}"
     body_path = workdir / f"{name}.body"
     body_path.write_bytes(body)
     script = workdir / f"{name}.lua"
-    text = _WRK_SCRIPT % {"body": str(body_path), "method": "POST"}
+    lua_headers = "\n".join(f'wrk.headers["{k}"] = "{v}"' for k, v in (headers or {}).items())
+    text = _WRK_SCRIPT % {"body": str(body_path), "method": "POST", "headers": lua_headers}
     if put_paths:
         paths_file = workdir / f"{name}.paths"
         paths_file.write_text("\n".join(put_paths) + "\n")
@@ -111,11 +115,13 @@ def wrk(wrk_path: str, url: str, workdir: Path, *, body: bytes = b"", connection
 
 
 def openloop(url: str, workdir: Path, *, rate: float, duration: float, connections: int = 256,
-             timeout: float = 10.0) -> dict:
+             timeout: float = 10.0, method: str = "POST", headers: dict[str, str] | None = None) -> dict:
     """Run `bench.openloop` as a child process; returns its summary (ids included) and its CPU."""
-    out_path = workdir / f"openloop-{int(time.time() * 1000)}.json"
+    out_path = workdir / f"openloop-{time.time_ns()}.json"
     cmd = [PY, "-m", "bench.openloop", "--url", url, "--rate", str(rate), "--duration", str(duration),
-           "--connections", str(connections), "--timeout", str(timeout), "--out", str(out_path)]
+           "--connections", str(connections), "--timeout", str(timeout), "--method", method, "--out", str(out_path)]
+    for k, v in (headers or {}).items():
+        cmd += ["--header", f"{k}: {v}"]
     cpu0, t0 = children_cpu(), time.monotonic()
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + timeout + 60, cwd=REPO)
     wall, cpu = time.monotonic() - t0, children_cpu() - cpu0

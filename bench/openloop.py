@@ -4,7 +4,8 @@ slow server cannot hide queueing: no coordinated omission).
 
 Raw asyncio streams on uvloop, HTTP/1.1 keep-alive, a connection pool that grows up to
 `--connections`; a request that finds every connection busy waits for one, and that
-wait counts in its latency. Bounded: `rate * duration` requests, then at most
+wait counts in its latency. Accepted answers (200/202) and refusals (503, the API
+shedding load) are timed apart; `--method GET` sends no body, `--header` adds one. Bounded: `rate * duration` requests, then at most
 `--timeout` seconds for the last answers. Runs as its own process so that its CPU use
 is measured on its own.
 
@@ -44,7 +45,8 @@ def percentiles(values: list[float], qs: tuple[float, ...] = (50, 90, 95, 99, 99
     return out
 
 
-async def run(url: str, rate: float, duration: float, max_conns: int, timeout: float) -> dict:
+async def run(url: str, rate: float, duration: float, max_conns: int, timeout: float, method: str = "POST",
+              headers: list[str] | None = None) -> dict:
     loop = asyncio.get_running_loop()
     clock = time.perf_counter  # uvloop's loop.time() ticks in whole milliseconds
     parts = urlsplit(url)
@@ -56,6 +58,7 @@ async def run(url: str, rate: float, duration: float, max_conns: int, timeout: f
     latency = [math.nan] * n  # from due time to the end of the response
     service = [math.nan] * n  # from writing the request to the end of the response
     status = [0] * n
+    extra_headers = "".join(f"{h.strip()}\r\n" for h in (headers or []))
     ids: list[tuple[str, float]] = []  # (event id, wall-clock time of the 202)
     errors: dict[str, int] = {}
     idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
@@ -118,11 +121,14 @@ async def run(url: str, rate: float, duration: float, max_conns: int, timeout: f
                         conn = await acquire()
                     except ConnectionResetError:
                         conn = None
-                payload = event_body(i)
-                request = (
-                    f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
-                    f"Content-Length: {len(payload)}\r\n\r\n"
-                ).encode() + payload
+                if method == "GET":
+                    request = f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n{extra_headers}\r\n".encode()
+                else:
+                    payload = event_body(i)
+                    request = (
+                        f"{method} {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+                        f"{extra_headers}Content-Length: {len(payload)}\r\n\r\n"
+                    ).encode() + payload
                 sent = clock()
                 code, body = await exchange(conn, request)
             end = clock()
@@ -161,6 +167,12 @@ async def run(url: str, rate: float, duration: float, max_conns: int, timeout: f
         conn[1].close()
     ok = [latency[k] * 1000 for k in range(n) if status[k] in (200, 202)]
     svc = [service[k] * 1000 for k in range(n) if status[k] in (200, 202)]
+    refused = [latency[k] * 1000 for k in range(n) if status[k] == 503]
+    first_refused = next((due[k] - t0 for k in range(n) if status[k] == 503), None)
+    counts: dict[str, int] = {}
+    for code in status:
+        if code:
+            counts[str(code)] = counts.get(str(code), 0) + 1
     return {
         "offered_rate": rate,
         "duration_s": duration,
@@ -172,6 +184,12 @@ async def run(url: str, rate: float, duration: float, max_conns: int, timeout: f
         "connections_opened": opened,
         "latency_ms": percentiles(ok),
         "service_ms": percentiles(svc),
+        "refused": len(refused),
+        "refused_ms": percentiles(refused),
+        "first_refused_s": first_refused,
+        "status_counts": counts,
+        "method": method,
+        "max_connections": max_conns,
         "ids": ids,
     }
 
@@ -183,15 +201,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=float, default=15.0)
     p.add_argument("--connections", type=int, default=256)
     p.add_argument("--timeout", type=float, default=10.0)
+    p.add_argument("--method", default="POST", choices=("POST", "GET"))
+    p.add_argument("--header", action="append", default=[], help="an extra request header, 'Name: value'")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if args.connections + 64 > soft and hard > soft:  # an overload run holds thousands of connections
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else args.connections + 1024,
+                                                    hard))
     try:
         import uvloop
 
         runner = uvloop.run
     except ImportError:
         runner = asyncio.run
-    result = runner(run(args.url, args.rate, args.duration, args.connections, args.timeout))
+    result = runner(run(args.url, args.rate, args.duration, args.connections, args.timeout, args.method, args.header))
     with open(args.out, "w") as f:
         json.dump(result, f)
     print(json.dumps({k: v for k, v in result.items() if k != "ids"}))

@@ -46,6 +46,7 @@ class Ledger:
     conflicts: list[str] = field(default_factory=list)  # 409 on a retry with the same content: a bug
     attempts: list[Attempt] = field(default_factory=list)
     statuses: Counter = field(default_factory=Counter)  # per attempt: status code or error kind
+    errors: Counter = field(default_factory=Counter)  # per non-2xx answer: "503 unavailable: <detail>"
     requests: int = 0
     retries: int = 0
 
@@ -241,6 +242,13 @@ class Load:
             ended = time.monotonic()
             self.ledger.attempts.append(Attempt(started, ended, kind))
             self.ledger.statuses[kind] += 1
+            if response is not None and response.status_code >= 400:
+                try:
+                    err = response.json()
+                    text = f"{err.get('error')}: {err.get('detail')}"
+                except ValueError:
+                    text = response.text
+                self.ledger.errors[f"{response.status_code} {text}"[:140]] += 1
             if response is not None and response.status_code < 500:
                 self._last_failure.pop(body, None)
                 return response

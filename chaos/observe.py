@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 
 import httpx
 
@@ -98,6 +99,33 @@ class Observer:
     def caught_up_to(self, end: list[int]) -> bool:
         done = self.committed()
         return done is not None and all(c >= e for c, e in zip(done, end))
+
+    def keys_between(self, start: list[int], end: list[int], timeout: float = 120.0) -> Counter:
+        """How many messages each key (event id) has on the topic between two offset lists."""
+        from confluent_kafka import Consumer, TopicPartition
+
+        reader = Consumer({"bootstrap.servers": self.p.stack_env["KAFKA_BOOTSTRAP"],
+                           "group.id": f"{self.p.group}-chaos-reader", "enable.auto.commit": False,
+                           "logger": _quiet})
+        counts: Counter = Counter()
+        todo = {p for p in range(PARTITIONS) if end[p] > start[p]}
+        try:
+            reader.assign([TopicPartition(self.p.topic, p, start[p]) for p in sorted(todo)])
+            deadline = time.monotonic() + timeout
+            while todo and time.monotonic() < deadline:
+                for msg in reader.consume(5000, timeout=1):
+                    if msg.error() is not None:
+                        continue
+                    part, offset = msg.partition(), msg.offset()
+                    if offset < end[part] and msg.key() is not None:
+                        counts[msg.key().decode(errors="replace")] += 1
+                    if offset >= end[part] - 1:
+                        todo.discard(part)
+        finally:
+            reader.close()
+        if todo:
+            raise RuntimeError(f"could not read partitions {sorted(todo)} of {self.p.topic} to their end")
+        return counts
 
     def close(self) -> None:
         if self._consumer is not None:

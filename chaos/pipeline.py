@@ -54,6 +54,7 @@ class Pipeline:
     procs: dict[str, Proc] = field(default_factory=dict)
     exits: list[tuple[str, int | None, str]] = field(default_factory=list)  # (role, status, how it ended)
     extra_env: dict[str, str] = field(default_factory=dict)
+    role_env: dict[str, dict[str, str]] = field(default_factory=dict)  # per-role overrides
 
     def __post_init__(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -106,6 +107,7 @@ class Pipeline:
             "CLICKHOUSE_DSN": f"chdb://{self.engine_dir(role)}",
         })
         env.update(self.extra_env)
+        env.update(self.role_env.get(role, {}))
         return env
 
     # -- processes ---------------------------------------------------------------------------

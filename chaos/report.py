@@ -12,18 +12,18 @@ def _secs(value: float | None) -> str:
 def _row(r: Any) -> str:
     raw = f"{r.raw_duplicates} ({100 * r.raw_duplicates / r.loaded_ids:.2f} %)" if r.loaded_ids else "0"
     if r.error and not r.accepted:
-        return f"| `{r.slug}` | {r.fault} | - | - | - | - | - | - | {r.error} |"
+        return f"| `{r.slug}` | {r.fault} | - | - | - | - | - | - | - | {r.error[:300]} |"
     refused = f"{r.refused}: {r.refused_absent} absent, {r.refused_present} present once"
     if r.refused_partial:
         refused += f", **{len(r.refused_partial)} partial**"
     verdict = "FAILED" if r.failed else "ok"
     return (f"| `{r.slug}` | {r.fault} | {r.accepted} | {len(r.lost)} | {len(r.duplicated)} | {raw} | "
-            f"{_secs(r.recovery)} | {r.served_503} | {refused} · {verdict} |")
+            f"{r.published_twice} | {_secs(r.recovery)} | {r.served_503} | {refused} · {verdict} |")
 
 
 HEADER = ("| scenario | fault | accepted | lost | duplicated after dedupe | raw duplicates before dedupe | "
-          "time to recover | 503s served | refused by the API · verdict |\n"
-          "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+          "published more than once | time to recover | 503s served | refused (never a success) · verdict |\n"
+          "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
 
 
 def table(results: list[Any]) -> str:
@@ -40,6 +40,7 @@ def _detail(r: Any) -> list[str]:
         f"| lost | {len(r.lost)} |",
         f"| duplicated after dedupe | {len(r.duplicated)} |",
         f"| raw duplicate ClickHouse rows before dedupe | {r.raw_duplicates} of {r.loaded_ids + r.raw_duplicates} |",
+        f"| ids published more than once on the topic (extra messages) | {r.published_twice} ({r.extra_messages}) |",
         f"| fault held | {r.fault_held:.1f} s |",
         f"| time to recover (from the fault's end to a canary end to end) | {_secs(r.recovery)} |",
         f"| drained (outbox empty, group caught up) after the load in | "
@@ -53,6 +54,13 @@ def _detail(r: Any) -> list[str]:
         f"Attempts by outcome: {statuses or 'none'}.",
         "",
     ]
+    if r.errors:
+        out += ["Most frequent error answers: " + "; ".join(f"{n} x `{text}`" for text, n in r.errors.items()) + ".", ""]
+    if r.canaries:
+        refused = r.canaries.get("refused") or []
+        out += [f"Canaries: {r.canaries.get('accepted', 0)} accepted"
+                + (f", {len(refused)} without a success (counted as refused: {', '.join(refused[:5])})" if refused else "")
+                + ".", ""]
     if r.checks:
         out += ["Checks:", ""] + [f"- {'ok' if c['ok'] else '**FAILED**'}: {c['name']} ({c['detail']})"
                                   for c in r.checks] + [""]

@@ -58,6 +58,8 @@ class Result:
     duplicated: dict[str, str] = field(default_factory=dict)
     raw_duplicates: int = 0
     loaded_ids: int = 0
+    published_twice: int = 0  # ids with more than one message on the topic
+    extra_messages: int = 0  # messages beyond one per id
     recovery: float | None = None
     fault_held: float = 0.0
     served_503: int = 0
@@ -65,6 +67,8 @@ class Result:
     requests: int = 0
     retries: int = 0
     conflicts: list[str] = field(default_factory=list)
+    errors: dict[str, int] = field(default_factory=dict)  # the most frequent non-2xx answers
+    canaries: dict = field(default_factory=dict)
     drain: float | None = None
     dead_letters: int = 0
     notes: list[str] = field(default_factory=list)
@@ -148,6 +152,7 @@ def run_scenario(scenario: Scenario, stack: ChaosStack, p: Pipeline, obs: Observ
                 attempt_timeout=15.0, **RATES)
     ctx = Ctx(stack, p, load, obs, quick)
     exits_before = len(p.exits)
+    start_offsets = obs.end_offsets()
     canaries_before = (len(obs.canaries), len(obs.canary_refused))
     load.start()
     with Supervisor(ctx):
@@ -169,6 +174,7 @@ def run_scenario(scenario: Scenario, stack: ChaosStack, p: Pipeline, obs: Observ
             scenario.after(ctx)
         ensure_running(p)
         result.drain = drain(ctx, 240.0)
+        end_offsets = obs.end_offsets()
     # reconcile: the consumers hold their engines
     for role in sorted(r for r in list(p.procs) if r.startswith("consume-")):
         ctx.graceful_stop(role, "after the scenario")
@@ -180,16 +186,25 @@ def run_scenario(scenario: Scenario, stack: ChaosStack, p: Pipeline, obs: Observ
     read_engines(p, accepted | refused, snap)
     v = verdict(accepted, refused, snap, curated=False)
     fill(result, v)
+    if start_offsets is not None and end_offsets is not None:
+        keys = obs.keys_between(start_offsets, end_offsets)
+        mine = [keys[i] for i in accepted | refused if keys[i] > 1]
+        result.published_twice, result.extra_messages = len(mine), sum(n - 1 for n in mine)
+    else:
+        ctx.note("the topic's offsets were unknown: messages per id not counted")
     result.accepted_ids, result.refused_ids = sorted(accepted), sorted(refused)
     result.served_503 = ledger.statuses.get("503", 0)
     result.statuses = dict(ledger.statuses)
     result.requests, result.retries = ledger.requests, ledger.retries
     result.conflicts = ledger.conflicts[:20]
+    result.errors = dict(ledger.errors.most_common(8))
+    result.canaries = {"accepted": len(obs.canaries) - canaries_before[0],
+                       "refused": obs.canary_refused[canaries_before[1]:]}
     result.dead_letters = dead_letters(obs)
     result.notes, result.exits = ctx.notes, p.exits[exits_before:]
     result.checks = [asdict(c) for c in ctx.checks]
     say(f"  {scenario.slug}: accepted {result.accepted}, lost {len(result.lost)}, duplicated {len(result.duplicated)}, "
-        f"raw duplicates {result.raw_duplicates}, refused {result.refused} ({result.refused_absent} absent, "
+        f"raw duplicates {result.raw_duplicates}, published twice {result.published_twice}, refused {result.refused} ({result.refused_absent} absent, "
         f"{result.refused_present} present once), 503s {result.served_503}")
     for event_id, stage in list(result.lost.items())[:10]:
         say(f"    LOST {event_id}: {stage}")

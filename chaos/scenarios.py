@@ -214,43 +214,64 @@ def postgres_kill9_relay_claim(ctx: Ctx) -> float:
 
 
 def relay_kill9_between_publish_and_mark(ctx: Ctx) -> float:
-    """The relay claims a backlog; PostgreSQL is paused (SIGSTOP) right after the claim, so
-    the relay publishes and then blocks in `mark_published`: killed there."""
+    """The relay reaches PostgreSQL through a proxy; once it holds a claim the proxy stops
+    forwarding its statements, so it publishes and then waits for `mark_published` for
+    ever: killed there, with the claimed rows published and never marked."""
+    from .proxy import HoldingProxy
+
     ctx.build_backlog(("relay-1",), 6.0 if ctx.quick else 8.0)
-    ctx.restart("relay-1")
-    leased = _wait_leased(ctx)
-    pg = ctx.stack.pid("postgres")
-    before = ctx.obs.end_offsets() or []
-    os.killpg(pg, signal.SIGSTOP)
+    before = ctx.obs.end_offsets()
+    proxy = HoldingProxy(int(ctx.p.stack_env["POSTGRES_PORT"]))
+    ctx.p.role_env["relay-1"] = {"POSTGRES_PORT": str(proxy.port)}
     try:
-        deadline = time.monotonic() + 8
-        grown = 0
-        while time.monotonic() < deadline:
-            now = ctx.obs.end_offsets() or before
-            grown = sum(now) - sum(before)
-            if leased and grown >= leased:
-                break
+        ctx.restart("relay-1")
+        leased = _wait_leased(ctx)
+        proxy.hold()
+        claimed = {r[0] for r in ctx.obs.sql("SELECT id FROM {schema}.event_metadata WHERE status = 'stored' "
+                                             "AND lease_until > statement_timestamp()") or []}
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and not proxy.dropped:
             time.sleep(0.05)
+        time.sleep(0.2)
         t = time.monotonic()
         ctx.p.kill9("relay-1")
     finally:
-        os.killpg(pg, signal.SIGCONT)
-    ctx.note(f"relay killed with SIGKILL after publishing ({grown} messages appended to the topic) and before "
-             f"marking {leased} claimed rows (PostgreSQL paused meanwhile); they stay leased until the lease expires")
+        ctx.p.role_env.pop("relay-1", None)
+        proxy.close()
+    after = ctx.obs.end_offsets()
+    published = 0
+    if before is not None and after is not None and claimed:
+        keys = ctx.obs.keys_between(before, after)
+        published = sum(1 for i in claimed if keys[i])
+    ctx.note(f"relay killed with SIGKILL after its claim of {leased} rows: {published} of them on the topic, none "
+             f"marked (its next statement, {proxy.dropped} bytes, never reached PostgreSQL); they are published "
+             "again when their lease (60 s) expires")
     ctx.restart("relay-1")
     return t
 
 
 def consumer_kill9(ctx: Ctx) -> float:
+    """Killed while ClickHouse writes a part: a `tmp_insert_*` directory is present in the
+    table's directory of the consumer's engine (polled every half millisecond)."""
     role = "consume-a"
-    before = ctx.p.metric(role, "wotr_sink_rows_total")
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline and ctx.p.metric(role, "wotr_sink_rows_total") == before:
-        time.sleep(0.05)
-    time.sleep(0.1)  # the next batch is being inserted
+    table = ctx.p.engine_dir(role) / "data" / "wotr" / "ingested_data"
+    rows = ctx.p.metric(role, "wotr_sink_rows_total")
+    deadline = time.monotonic() + 20
+    caught = None
+    while time.monotonic() < deadline and caught is None:
+        try:
+            caught = next((n for n in os.listdir(table) if n.startswith("tmp_insert")), None)
+        except OSError:
+            pass
+        if caught is None:
+            time.sleep(0.0005)
     t = time.monotonic()
     ctx.p.kill9(role)
-    ctx.note(f"{role} killed with SIGKILL while loading ({before:.0f}+ rows inserted so far); restarted at once")
+    if caught:
+        ctx.note(f"{role} killed with SIGKILL mid-insert (part {caught} being written; {rows:.0f} rows loaded by it "
+                 "before); restarted at once")
+    else:
+        ctx.note(f"{role} killed with SIGKILL (no insert caught in flight within 20 s); restarted at once")
     ctx.restart(role)
     return t
 

@@ -141,9 +141,10 @@ def _etl_layout(store: Any) -> Any:
 
 
 def _etl_spark(layout: Any, settings: Settings, say: Any) -> Iterator[Any]:
-    from .etl.session import etl_session
+    from .etl.session import SparkOptions, etl_session
 
-    yield from etl_session(layout.root, settings.s3, settings.cache_dir / "spark-jars", say=say)
+    yield from etl_session(layout.root, settings.s3, settings.cache_dir / "spark-jars",
+                           options=SparkOptions.from_settings(settings), say=say)
 
 
 def _etl_job(spark: Any, store: Any, repo: Any, layout: Any, say: Any) -> Any:

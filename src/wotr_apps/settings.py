@@ -174,6 +174,54 @@ def _origins(raw: str) -> tuple[str, ...]:
     return origins
 
 
+_SPARK_MASTER = re.compile(
+    r"local(?:\[(?:\*|[1-9]\d*)(?:,[1-9]\d*)?\])?"  # local, local[2], local[*], local[2,3] (retries)
+    r"|spark://[^\s/,:]+:\d+(?:,[^\s/,:]+:\d+)*"  # a standalone master (or several, with ZooKeeper)
+    r"|yarn|k8s://\S+"
+)
+
+
+def _spark_master(raw: str) -> str:
+    value = _text(raw)
+    if not _SPARK_MASTER.fullmatch(value):
+        raise ValueError(f"must be local[N], local[*], spark://host:port, yarn or k8s://<api server>, got {value!r}")
+    return value
+
+
+_SPARK_SIZE = re.compile(r"[1-9]\d*[kmgtp]?b?", re.IGNORECASE)
+
+
+def _spark_size(raw: str) -> str:
+    """A JVM memory size as Spark reads it: 512m, 2g, 1024 (MiB)."""
+    value = raw.strip()
+    if not _SPARK_SIZE.fullmatch(value):
+        raise ValueError(f"must be a size like 512m or 2g, got {value!r}")
+    return value.lower()
+
+
+_SPARK_PAIR = re.compile(r"(spark\.[A-Za-z0-9_.\-]+)=(.*)", re.S)
+_SPARK_PAIR_START = re.compile(r",(?=\s*spark\.[A-Za-z0-9_.\-]+=)")
+
+
+def _spark_conf(raw: str) -> tuple[tuple[str, str], ...]:
+    """`spark.key=value,spark.key=value`; a comma starts a new pair only before `spark.<key>=`,
+    so a value may hold commas (`spark.jars=a.jar,b.jar`). Blank: none."""
+    if not raw.strip():
+        return ()
+    pairs: dict[str, str] = {}
+    for piece in _SPARK_PAIR_START.split(raw.strip()):
+        m = _SPARK_PAIR.fullmatch(piece.strip())
+        if m is None:
+            raise ValueError(f"must be spark.<key>=<value> pairs separated by commas, got {piece.strip()!r}")
+        key, value = m[1], m[2].strip()
+        if not value:
+            raise ValueError(f"must give every key a value, {key} has none")
+        if key in pairs:
+            raise ValueError(f"must name each key once, {key} is given twice")
+        pairs[key] = value
+    return tuple(pairs.items())
+
+
 # -- the declaration -------------------------------------------------------------------------
 
 
@@ -271,6 +319,18 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("WOTR_STACK_HOME", STACK_HOME, _path, "the native stack's home (wotr stack)", "stack_home"),
     Variable("WOTR_CACHE_DIR", None, _path, "downloads kept across runs (default <WOTR_STACK_HOME>/cache)",
              "cache_dir"),
+    Variable("WOTR_SPARK_MASTER", "local[2]", _spark_master, "the ETL's Spark master: local[N] or a cluster "
+             "(spark://host:port)", "spark_master"),
+    Variable("WOTR_SPARK_DRIVER_HOST", "127.0.0.1", _text, "address the ETL's executors reach its driver at "
+             "(bound on all interfaces unless loopback)", "spark_driver_host"),
+    Variable("WOTR_SPARK_EXECUTOR_MEMORY", None, _spark_size, "memory of each executor on a cluster (512m, 2g; "
+             "default Spark's, 1g)", "spark_executor_memory"),
+    Variable("WOTR_SPARK_EXECUTOR_CORES", None, _integer(1), "cores of each executor on a cluster (default: all of "
+             "a worker's)", "spark_executor_cores"),
+    Variable("WOTR_SPARK_SHIP_JARS", "false", _flag, "on a cluster, the driver ships the s3a jars to every executor "
+             "(else they must be at the same path on every worker)", "spark_ship_jars"),
+    Variable("WOTR_SPARK_CONF", "", _spark_conf, "extra Spark settings for the ETL, spark.key=value,... "
+             "(applied last)", "spark_conf"),
     _server(S3Connection, "s3", "MINIO_ENDPOINT", "endpoint", _endpoint, "S3 endpoint, host:port"),
     _server(S3Connection, "s3", "MINIO_ACCESS_KEY", "access_key", _text, "S3 access key"),
     _server(S3Connection, "s3", "MINIO_SECRET_KEY", "secret_key", _text, "S3 secret key"),
@@ -363,6 +423,12 @@ class Settings:
     metrics_host: str = "127.0.0.1"
     stack_home: Path = field(default_factory=_default_stack_home)
     cache_dir: Path = field(default_factory=lambda: _default_stack_home() / "cache")
+    spark_master: str = "local[2]"
+    spark_driver_host: str = "127.0.0.1"
+    spark_executor_memory: str | None = None
+    spark_executor_cores: int | None = None
+    spark_ship_jars: bool = False
+    spark_conf: tuple[tuple[str, str], ...] = ()
     s3: S3Connection = field(default_factory=S3Connection)
     kafka: KafkaConnection = field(default_factory=KafkaConnection)
     postgres: PostgresConnection = field(default_factory=PostgresConnection)

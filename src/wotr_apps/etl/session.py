@@ -1,7 +1,15 @@
-"""The SparkSession of the ETL: local mode on loopback, quiet, UTC, s3a when needed.
+"""The SparkSession of the ETL: local mode on loopback by default or a cluster, quiet, UTC,
+s3a when needed.
 
 One session per process (Spark allows one context per JVM): `spark_session` reuses the
 active one, so tests share a single session and the CLI pays the start-up once.
+
+Where it runs comes from the settings (`SparkOptions.from_settings`: WOTR_SPARK_MASTER,
+the driver's address, executor resources, extra conf). On a cluster the executors run the
+driver's Python (`spark.pyspark.python`) and find the s3a jars either at the same path on
+every worker (class path, nothing copied) or shipped by the driver (`spark.jars`).
+Under `spark-submit` (`submit.py`) the command line's settings win and these fill the rest
+(`submitted_session`).
 
 This is also the one place that knows how Hadoop names a store's location: the object
 store says `s3://bucket/...` and Hadoop's S3 connector reads `s3a://bucket/...`
@@ -11,20 +19,61 @@ jars and settings. The container builds the session with it, as a resource.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import shutil
+import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from wotr_adapters.connections import S3Connection
 
-__all__ = ["S3A", "etl_session", "hadoop_url", "s3a_conf", "session_conf", "spark_session"]
+if TYPE_CHECKING:
+    from ..settings import Settings
+
+__all__ = ["S3A", "SparkOptions", "etl_session", "hadoop_url", "s3a_conf", "session_conf", "spark_session",
+           "submitted_session"]
 
 S3A = "s3a://"
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True, slots=True)
+class SparkOptions:
+    """Where the ETL's Spark runs: the settings' WOTR_SPARK_* values (defaults: `local[2]`
+    on loopback) and the Python the executors run (this interpreter: the venv's)."""
+
+    master: str = "local[2]"
+    driver_host: str = "127.0.0.1"
+    executor_memory: str | None = None
+    executor_cores: int | None = None
+    ship_jars: bool = False
+    conf: tuple[tuple[str, str], ...] = ()
+    python: str = field(default_factory=lambda: sys.executable)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SparkOptions:
+        return cls(master=settings.spark_master, driver_host=settings.spark_driver_host,
+                   executor_memory=settings.spark_executor_memory, executor_cores=settings.spark_executor_cores,
+                   ship_jars=settings.spark_ship_jars, conf=settings.spark_conf)
+
+    @property
+    def local(self) -> bool:
+        """Driver and executors in one JVM (`local`, `local[N]`): nothing leaves the process."""
+        return self.master == "local" or self.master.startswith("local[")
 
 
 def hadoop_url(location: str) -> str:
@@ -55,14 +104,31 @@ def _log_config() -> str:
     return str(resources.files(__package__).joinpath("log4j2.properties"))
 
 
-def session_conf(s3: S3Connection | None = None, jars: Sequence[Path] = ()) -> dict[str, str]:
-    """Every Spark setting of the job; `s3` and `jars` only for s3a (the local profile)."""
+def session_conf(
+    s3: S3Connection | None = None,
+    jars: Sequence[Path] = (),
+    options: SparkOptions | None = None,
+) -> dict[str, str]:
+    """Every Spark setting of the job; `s3` and `jars` only for s3a (the local profile),
+    `options` (default `local[2]` on loopback) where it runs; their `conf` is applied last.
+
+    The s3a jars reach the driver and, on a cluster, the executors: in local mode and with
+    `ship_jars` as `spark.jars` (the driver serves them to each executor: about 660 MB copied
+    into every executor's work directory, per run); otherwise on the driver's and the
+    executors' class path, which needs them at the same path on every worker (one machine,
+    or the ETL image on each worker) and copies nothing.
+    """
+    options = options or SparkOptions()
     conf = {
-        "spark.master": "local[2]",
+        "spark.master": options.master,
         "spark.app.name": "wotr-etl",
         "spark.driver.memory": "1g",
-        "spark.driver.host": "127.0.0.1",
-        "spark.driver.bindAddress": "127.0.0.1",
+        "spark.driver.host": options.driver_host,
+        # Executors on other hosts (or containers) connect to the driver's host name: listen
+        # on every interface then; on loopback only otherwise.
+        "spark.driver.bindAddress": options.driver_host if _loopback(options.driver_host) else "0.0.0.0",
+        # The executors' Python workers: the driver's interpreter (the same version is required).
+        "spark.pyspark.python": options.python,
         "spark.ui.enabled": "false",
         "spark.ui.showConsoleProgress": "false",
         "spark.driver.extraJavaOptions": f"-Dlog4j2.configurationFile=file:{_log_config()}",
@@ -76,10 +142,17 @@ def session_conf(s3: S3Connection | None = None, jars: Sequence[Path] = ()) -> d
         # would only hold driver memory (and warn when it overflows).
         "spark.sql.hive.filesourcePartitionFileCacheSize": "0",
     }
-    if jars:
+    if options.executor_memory:
+        conf["spark.executor.memory"] = options.executor_memory
+    if options.executor_cores:
+        conf["spark.executor.cores"] = str(options.executor_cores)
+    if jars and (options.local or options.ship_jars):
         conf["spark.jars"] = ",".join(str(j) for j in jars)
+    elif jars:
+        conf["spark.driver.extraClassPath"] = conf["spark.executor.extraClassPath"] = ":".join(str(j) for j in jars)
     if s3 is not None:
         conf.update({f"spark.hadoop.{k}": v for k, v in s3a_conf(s3).items()})
+    conf.update(options.conf)
     return conf
 
 
@@ -93,10 +166,21 @@ def _ensure_java() -> None:
             return
 
 
+def _prepare_process(conf: dict[str, str]) -> None:
+    """What PySpark takes from the process rather than the conf: the Java to start, the
+    executors' Python (read by the SparkContext from PYSPARK_PYTHON), the local address."""
+    warnings.filterwarnings("ignore", message="PySpark does not yet fully support pandas", category=FutureWarning)
+    _ensure_java()
+    os.environ["PYSPARK_PYTHON"] = conf["spark.pyspark.python"]
+    if _loopback(conf["spark.driver.host"]):
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # else Spark warns about the host name
+
+
 def spark_session(
     s3: S3Connection | None = None,
     jars: Sequence[Path] = (),
     *,
+    options: SparkOptions | None = None,
     say: Callable[[str], None] = lambda _m: None,
 ) -> Any:
     """The process's SparkSession, created with `session_conf` unless one is active.
@@ -114,14 +198,63 @@ def spark_session(
             for key, value in s3a_conf(s3).items():
                 hadoop.set(key, value)
         return active
-    _ensure_java()
-    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # else Spark warns about the host name
-    say("starting Spark (local[2])")
+    conf = session_conf(s3, jars, options)
+    _prepare_process(conf)
+    say(f"starting Spark ({conf['spark.master']})")
     builder = SparkSession.builder
-    for key, value in session_conf(s3, jars).items():
+    for key, value in conf.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
+    return spark
+
+
+def submitted_session(
+    root: str,
+    s3: S3Connection,
+    jars_dir: Path | None = None,
+    *,
+    options: SparkOptions | None = None,
+    say: Callable[[str], None] = lambda _m: None,
+) -> Any:
+    """The SparkSession of a job handed to `spark-submit` (`wotr_apps/etl/submit.py`).
+
+    spark-submit has started the driver's JVM with its command line (`--master`, `--conf`,
+    `--driver-class-path`, ...): those settings win, and `session_conf` fills in every key
+    the command line left unset (the master always comes from the command line). What only
+    counts when the JVM starts (the driver's class path, memory and Java options) must be on
+    the command line. Run without spark-submit, the JVM is started here with all of
+    `session_conf`, as `spark_session` does.
+    """
+    from pyspark import SparkConf, SparkContext
+    from pyspark.sql import SparkSession
+
+    from .jars import ensure_jars
+
+    on_s3 = root.startswith(S3A)
+    wanted = session_conf(s3 if on_s3 else None, ensure_jars(jars_dir, say=say) if on_s3 else [], options)
+    _prepare_process(wanted)
+    # Connects to spark-submit's JVM; started with `wanted` when there is none.
+    SparkContext._ensure_initialized(conf=SparkConf(loadDefaults=False).setAll(list(wanted.items())))
+    given = dict(SparkConf().getAll())  # what the command line set (the JVM's spark.* properties)
+    fill = {k: v for k, v in wanted.items() if k not in given}
+    if "spark.pyspark.python" in given:
+        os.environ["PYSPARK_PYTHON"] = given["spark.pyspark.python"]
+    say(f"starting Spark ({given.get('spark.master', wanted['spark.master'])}, settings of spark-submit first)")
+    spark = SparkSession.builder.config(map=fill).getOrCreate()
+    spark.sparkContext.setLogLevel("WARN")
+    if on_s3:
+        loader = spark._jvm.java.lang.Thread.currentThread().getContextClassLoader()
+        try:
+            spark._jvm.java.lang.Class.forName("org.apache.hadoop.fs.s3a.S3AFileSystem", False, loader)
+        except Exception:
+            spark.stop()
+            from .jars import JarResolutionError
+
+            raise JarResolutionError(
+                "the s3a jars are not on the driver's class path: give spark-submit "
+                "--driver-class-path \"$(python -m wotr_apps.etl.submit --classpath)\" (docs/etl.md, On a cluster)"
+            ) from None
     return spark
 
 
@@ -130,6 +263,7 @@ def etl_session(
     s3: S3Connection,
     jars_dir: Path | None = None,
     *,
+    options: SparkOptions | None = None,
     say: Callable[[str], None] = lambda _m: None,
 ) -> Iterator[Any]:
     """The ETL's SparkSession for data under `root` (a Hadoop URL), as a generator for a
@@ -148,7 +282,7 @@ def etl_session(
     jars = ensure_jars(jars_dir, say=say) if on_s3 else []
     owned = SparkSession.getActiveSession() is None
     started = time.monotonic()
-    spark = spark_session(s3 if on_s3 else None, jars, say=say)
+    spark = spark_session(s3 if on_s3 else None, jars, options=options, say=say)
     if owned:
         say(f"Spark ready in {time.monotonic() - started:.1f}s")
     try:
