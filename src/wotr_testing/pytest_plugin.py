@@ -44,6 +44,7 @@ from wotr_testing.stack import Stack, StackError
 from wotr_testing.stack.paths import StackPaths, default_home
 
 __all__ = [
+    "wotr_chdb_dsn",
     "wotr_embedded_platform",
     "wotr_http",
     "wotr_platform",
@@ -189,7 +190,17 @@ def postgres_connection(_wotr_services: _Services) -> PostgresConnection:
 
 
 @pytest.fixture(scope="session")
-def clickhouse_connection(_wotr_services: _Services, tmp_path_factory: pytest.TempPathFactory) -> ClickHouseConnection:
+def wotr_chdb_dsn(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The one in-process ClickHouse engine of this test process (`chdb://<dir>`).
+
+    The engine can be opened at one path per process only: every fixture and test that
+    wants the in-process engine uses this DSN, each with a database of its own.
+    """
+    return f"chdb://{tmp_path_factory.mktemp(f'chdb-{os.getpid()}', numbered=True)}"
+
+
+@pytest.fixture(scope="session")
+def clickhouse_connection(_wotr_services: _Services, wotr_chdb_dsn: str) -> ClickHouseConnection:
     """ClickHouse: `CLICKHOUSE_DSN`/`CLICKHOUSE_HOST`, else a server in Docker, else `chdb://<tmp>`.
 
     The in-process engine locks its directory, so each process (each pytest-xdist
@@ -208,8 +219,7 @@ def clickhouse_connection(_wotr_services: _Services, tmp_path_factory: pytest.Te
         }).clickhouse
     if importlib.util.find_spec("chdb") is None:
         _unavailable("no ClickHouse: set CLICKHOUSE_HOST or CLICKHOUSE_DSN, run Docker, or install wotr[embedded]")
-    path = tmp_path_factory.mktemp(f"chdb-{os.getpid()}", numbered=True)
-    return _settings({"CLICKHOUSE_DSN": f"chdb://{path}"}).clickhouse
+    return _settings({"CLICKHOUSE_DSN": wotr_chdb_dsn}).clickhouse
 
 
 @pytest.fixture(scope="session")
@@ -233,11 +243,13 @@ def wotr_platform() -> Iterator[Any]:
 
 
 @pytest.fixture
-def wotr_embedded_platform(tmp_path: Path) -> Iterator[Any]:
-    """A `wotr.Platform` on the embedded profile with its data under `tmp_path / "wotr"`."""
+def wotr_embedded_platform(tmp_path: Path, wotr_chdb_dsn: str, unique_name: str) -> Iterator[Any]:
+    """A `wotr.Platform` on the embedded profile with its data under `tmp_path / "wotr"`; its
+    analytics rows in a database of its own in the process's in-process engine."""
     import wotr
 
-    with wotr.open("embedded", env={}, data_dir=tmp_path / "wotr") as platform:
+    with wotr.open("embedded", env={}, data_dir=tmp_path / "wotr", clickhouse_dsn=wotr_chdb_dsn,
+                   clickhouse_database=unique_name) as platform:
         yield platform
 
 

@@ -67,8 +67,9 @@ def test_settings_given_in_code_win_over_the_environment():
     assert invalid.value.variable == "max_body_bytes"
 
 
-def test_the_embedded_profile_loads_analytics_rows_in_process(tmp_path):
-    with wotr.open("embedded", data_dir=tmp_path) as platform:
+def test_the_embedded_profile_loads_analytics_rows_in_process(tmp_path, wotr_chdb_dsn, unique_name):
+    # One in-process engine per test process: this platform's rows get a database of their own in it.
+    with wotr.open("embedded", data_dir=tmp_path, clickhouse_dsn=wotr_chdb_dsn, clickhouse_database=unique_name) as platform:
         receipt = platform.ingest({"n": 1}, type="t")
         deadline = time.monotonic() + 20
         while not (rows := platform.latest(5)) and time.monotonic() < deadline:
