@@ -343,6 +343,7 @@ class Container(containers.DeclarativeContainer):
         GroupCommit,
         ingest_service.provided.ingest_many,
         max_queued=providers.Callable(lambda s: s.ingest_queue_max, settings),
+        max_wait=providers.Callable(lambda s: s.ingest_max_wait_ms / 1000, settings),
         observer=telemetry.provided.ingest,
     )
 

@@ -94,7 +94,7 @@ def test_past_max_queued_submit_is_refused_at_once_and_counted(ingest, repo):
     gated, shed = Gated(ingest.ingest_many), Shed()
 
     async def scenario():
-        commit = GroupCommit(gated, flushes=1, max_queued=3, observer=shed)
+        commit = GroupCommit(gated, flushes=1, max_queued=3, max_wait=60, observer=shed)  # the count bound alone
         await commit.start()
         first = asyncio.create_task(commit.submit(IngestRequest(id="first", payload={})))
         await until(gated.entered)  # the only flush slot is held at the gate
@@ -151,7 +151,7 @@ def test_the_api_sheds_single_events_with_503_and_retry_after_when_the_queue_is_
                                 with_workers=False)
     gated = Gated(container.ingest_service().ingest_many)
     container.group_commit.override(providers.Singleton(
-        GroupCommit, gated, flushes=1, max_queued=container.settings().ingest_queue_max,
+        GroupCommit, gated, flushes=1, max_queued=container.settings().ingest_queue_max, max_wait=60,
         observer=container.telemetry().ingest,
     ))
 
@@ -213,3 +213,65 @@ def test_the_bounds_are_settings_with_defaults():
     container = build_container(Settings.from_env({"WOTR_PROFILE": "memory", "WOTR_INGEST_QUEUE_MAX": "5",
                                                    "WOTR_BATCHES_IN_FLIGHT_MAX": "3"}))
     assert container.group_commit().max_queued == 5 and container.batch_slots().limit == 3
+
+
+def test_once_the_oldest_waits_longer_than_max_wait_new_requests_are_refused_at_once(ingest, repo):
+    """The bound in time: how long the queue makes a request wait, not how many wait."""
+    gated, shed = Gated(ingest.ingest_many), Shed()
+    now = [0.0]
+
+    async def scenario():
+        commit = GroupCommit(gated, flushes=1, max_queued=1000, max_wait=0.05, observer=shed, clock=lambda: now[0])
+        await commit.start()
+        first = asyncio.create_task(commit.submit(IngestRequest(id="first", payload={})))
+        await until(gated.entered)  # the only flush slot is held: what comes now waits
+        waiting = [asyncio.create_task(commit.submit(IngestRequest(id=f"w-{i}", payload={}))) for i in range(3)]
+        await asyncio.sleep(0)
+        assert not commit.overloaded
+        now[0] += 0.049  # within the bound: still taken
+        waiting.append(asyncio.create_task(commit.submit(IngestRequest(id="w-3", payload={}))))
+        await asyncio.sleep(0)
+        now[0] += 0.002  # the oldest has now waited 51 ms
+        assert commit.overloaded
+        with pytest.raises(Overloaded) as refused:
+            await commit.submit(IngestRequest(id="late", payload={}))
+        gated.gate.set()
+        answers = await asyncio.gather(first, *waiting)
+        await asyncio.sleep(0.05)
+        assert not commit.overloaded  # the queue drained: taken again
+        again = await commit.submit(IngestRequest(id="after", payload={}))
+        await commit.stop()
+        return refused.value, answers, again
+
+    refused, answers, again = asyncio.run(scenario())
+    assert "wait longer than 50 ms" in str(refused) and refused.retry_after == 1.0
+    assert all(isinstance(a, Receipt) for a in answers) and isinstance(again, Receipt)
+    assert shed.events == 1 and "late" not in repo.rows
+
+
+def test_while_behind_the_api_refuses_before_reading_the_body():
+    container = build_container(Settings.from_env({"WOTR_PROFILE": "memory"}), with_workers=False)
+    gated = Gated(container.ingest_service().ingest_many)
+    now = [0.0]
+    container.group_commit.override(providers.Singleton(
+        GroupCommit, gated, flushes=1, max_wait=0.05, clock=lambda: now[0], observer=container.telemetry().ingest))
+
+    async def scenario():
+        async with serving(container.app()) as client:
+            first = asyncio.create_task(client.post("/ingest", json={"payload": {"n": 0}}))
+            await until(gated.entered)
+            queued = asyncio.create_task(client.post("/ingest", json={"payload": {"n": 1}}))
+            for _ in range(500):  # the second request reached the queue
+                if container.group_commit().queued == 1:
+                    break
+                await asyncio.sleep(0.01)
+            now[0] += 1.0  # the queued one has waited a second
+            refused = await client.post("/ingest", content=b"never read", headers={"content-type": "text/plain"})
+            gated.gate.set()
+            return refused, await first, await queued
+
+    refused, first, queued = asyncio.run(scenario())
+    # A text/plain body would be 415 if it were read: the refusal came first.
+    assert refused.status_code == 503 and refused.json()["error"] == "overloaded"
+    assert refused.headers["retry-after"] == "1"
+    assert first.status_code == 202 and queued.status_code == 202

@@ -33,7 +33,7 @@ from .auth import INGEST_GUARDS, WriteKeys
 from .errors import EXCEPTION_HANDLERS
 from .ingest import ingest_batch, ingest_one
 from .limits import RateLimiter, rate_limit_headers
-from .edge import IngestEdge
+from .edge import IngestEdge, shed_early
 from .http_metrics import HttpMetrics
 from .metrics import metrics_route
 from .openapi import contract_openapi_config
@@ -132,6 +132,7 @@ def create_app(parts: ApiParts) -> Litestar:
         routes.append(metrics_route(telemetry))
         middleware.append(HttpMetrics(telemetry.provider.get_meter("wotr.http"),
                                       lambda scope: route_details(scope)[0], exclude=("/metrics",)))
+    middleware.append(shed_early(group_commit))  # inside the metrics: shed requests are measured too
 
     return Litestar(
         route_handlers=routes,

@@ -14,8 +14,9 @@ What it changes in the archive: events flushed together share one NDJSON object
 own object (`wotr_domain.archive`). The receipt and the metadata row name the object and
 the line either way.
 
-Backpressure: at most `max_queued` events wait for a flush slot (besides the up to
-`flushes` x `max_events` being flushed). Past that, `submit` raises `Overloaded` at once:
+Backpressure: a request is refused when the oldest one waiting for a flush slot has
+waited longer than `max_wait` seconds (the queue then holds more than the writes can take
+in that time), or when `max_queued` events wait already. Then `submit` raises `Overloaded` at once:
 the caller answers "retry later" (the API: 503 with Retry-After) instead of making the
 client wait behind seconds of queued work, and the shed request is reported to the
 observer. `InFlightLimit` is the same bound for work that is not queued here (the API's
@@ -26,6 +27,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -38,6 +41,7 @@ from .observer import IngestObserver, NullObserver
 __all__ = ["DEFAULT_MAX_QUEUED", "GroupCommit", "InFlightLimit"]
 
 DEFAULT_MAX_QUEUED = 2000  # events waiting for a flush slot: two full flushes
+DEFAULT_MAX_WAIT = 0.05  # seconds the oldest queued request may wait before new ones are refused
 SHED_RETRY_AFTER = 1.0  # seconds a shed client is told to wait
 
 
@@ -84,8 +88,10 @@ class GroupCommit:
         flushes: int = 4,
         max_events: int = 1000,
         max_queued: int = DEFAULT_MAX_QUEUED,
+        max_wait: float = DEFAULT_MAX_WAIT,
         observer: IngestObserver | None = None,
         retry_after: float = SHED_RETRY_AFTER,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """`ingest_many` is `IngestService.ingest_many` (blocking; run on this policy's own
         threads, one per flush slot, so it never competes with the caller's thread pool).
@@ -96,6 +102,9 @@ class GroupCommit:
         self._flushes = flushes
         self._max_events = max_events
         self.max_queued = max_queued
+        self.max_wait = max_wait
+        self._clock = clock
+        self._waiting_since: deque[float] = deque()  # when each queued request arrived, oldest first
         self._observer = observer or NullObserver()
         self._retry_after = retry_after
         self._queue: asyncio.Queue[tuple[IngestRequest, asyncio.Future[Any]]] | None = None
@@ -134,22 +143,42 @@ class GroupCommit:
         for _, future in batch:
             if not future.done():
                 future.set_result(Unavailable("api", "shutting down"))
+        self._waiting_since.clear()
 
     async def submit(self, request: IngestRequest) -> Receipt:
         if self._queue is None:
             raise Unavailable("api", "not started or shutting down")
+        refused = self.refuse_if_overloaded()
+        if refused is not None:  # shed at once: never make a client wait behind the bound
+            raise refused
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         try:
             self._queue.put_nowait((request, future))
-        except asyncio.QueueFull:  # shed at once: never make a client wait behind the bound
+        except asyncio.QueueFull:
             self._observer.shed(1)
             raise Overloaded(
                 "api", f"{self.max_queued} events are waiting to be written already", retry_after=self._retry_after
             ) from None
+        self._waiting_since.append(self._clock())
         answer = await future
         if isinstance(answer, BaseException):
             raise answer
         return answer
+
+    def refuse_if_overloaded(self) -> Overloaded | None:
+        """The refusal of one more request while `overloaded` (counted as shed), else None:
+        what a driving adapter calls to refuse before it even reads the request."""
+        if not self.overloaded:
+            return None
+        self._observer.shed(1)
+        return Overloaded("api", f"the writes are behind: events wait longer than {self.max_wait * 1000:.0f} ms",
+                          retry_after=self._retry_after)
+
+    @property
+    def overloaded(self) -> bool:
+        """True while the oldest waiting request has waited longer than `max_wait`: a
+        driving adapter may refuse new work before even reading it."""
+        return bool(self._waiting_since) and self._clock() - self._waiting_since[0] > self.max_wait
 
     @property
     def queued(self) -> int:
@@ -167,6 +196,9 @@ class GroupCommit:
                 raise
             while len(batch) < self._max_events and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
+            for _ in batch:  # they leave the queue: their wait is over
+                if self._waiting_since:
+                    self._waiting_since.popleft()
             task = asyncio.create_task(self._flush(batch))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
