@@ -103,7 +103,7 @@ def test_the_seed_trace_end_to_end(pipeline):
 
     live = clickhouse_connect.get_client(host="127.0.0.1", port=pipeline.sql_port)
     assert [r[0] for r in live.query(SEED_QUERY).result_rows] == [event_id]
-    with pytest.raises(Exception, match="readonly"):
+    with pytest.raises(Exception, match="read-only"):
         live.command("DROP TABLE wotr.ingested_data")
     pipeline.stop("consume")
     down = httpx.get(f"{pipeline.url}/analytics/latest", timeout=30)
