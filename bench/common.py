@@ -238,6 +238,8 @@ def _cmd(pid: int) -> str:
     exe = parts[0].rsplit("/", 1)[-1]
     if exe.startswith("python") and len(parts) > 2 and parts[1] == "-m":
         return " ".join([parts[2].replace("wotr_apps.cli", "wotr"), *parts[3:5]])[:80]
+    if exe.startswith("python") and "resource_tracker" in raw:
+        return "python (multiprocessing resource tracker)"
     if exe.startswith("python") and "multiprocessing" in raw:
         return "python (uvicorn worker, spawned)"
     return " ".join([exe, *parts[1:3]])[:80] if exe != "java" else "java (" + (parts[-1].rsplit("/", 1)[-1])[:60] + ")"

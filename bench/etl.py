@@ -8,16 +8,18 @@ runs over the whole archive `--runs` times at each size (after `--warmup` runs a
 first size). Each step is printed as one JSON line as soon as it is done, so that the
 harness can stop this process at its time bound and keep what finished.
 
-    python -m bench.etl --sizes 10000,100000,1000000 --runs 3 --warmup 1
+    python -m bench.etl --sizes 10000,100000,1000000 --runs 3 --warmup 1 [--dir D] [--budgets 120,180,360]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 
@@ -31,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=int, default=3, help="measured ETL runs at each size")
     p.add_argument("--warmup", type=int, default=1, help="unmeasured runs at the first size (JVM warm-up)")
     p.add_argument("--days", type=int, default=3, help="dates the events are spread over")
+    p.add_argument("--dir", type=Path, default=None, help="data directory (default: a temporary one, removed after)")
     p.add_argument("--budgets", default="", help="seconds per size (comma-separated): no further run at a size is "
                    "started once the last one would end past its budget")
     args = p.parse_args(argv)
@@ -45,7 +48,11 @@ def main(argv: list[str] | None = None) -> int:
     from wotr_apps.etl.bench import _directory, generate
     from wotr_apps.settings import Settings
 
-    with tempfile.TemporaryDirectory(prefix="wotr-bench-etl-") as tmp:
+    # Stopped at its time bound (SIGTERM): unwind, so that Spark stops and a temporary directory goes.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    if args.dir is not None:
+        args.dir.mkdir(parents=True, exist_ok=True)
+    with (tempfile.TemporaryDirectory(prefix="wotr-bench-etl-") if args.dir is None else nullcontext(args.dir)) as tmp:
         container = build_container(Settings(profile="embedded", data_dir=Path(tmp)), role="etl")
         container.etl_say.override(providers.Object(lambda m: print(f"# {m}", file=sys.stderr, flush=True)))
         try:

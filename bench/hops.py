@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import queue
-import re
 import statistics
 import subprocess
 import threading
@@ -15,7 +14,7 @@ from typing import Any, Callable
 
 from . import load
 from .common import (PY, REPO, CpuWindow, Namespace, Service, consumer_service, metric_sum, rss_tree, say, tree_cpu,
-                     tree_pids, tree_rss_mib, wait_until)
+                     tree_rss_mib, wait_until)
 
 
 # -- repetitions -------------------------------------------------------------------------
@@ -115,6 +114,7 @@ def saturate(wrk: str, api: Service, path: str, *, body: bytes = b"", connection
                      threads=threads)
     r["events_per_s"] = r["requests_per_s"] * per_request
     r["events_per_request"] = per_request
+    r["url"] = url
     r["cpu"] = cpu.result
     r["generator_cpu_cores"] = cpu.result["load_generator_cores"]
     r["server_cpu_us_per_event"] = cpu.result["server_cores"] / max(r["events_per_s"], 1e-9) * 1e6
@@ -147,7 +147,8 @@ def fixed_rate(api: Service, *, rate: float, duration: float, watch: dict[str, i
 def end_to_end(api: Service, *, rates: list[tuple[str, float]], duration: float, reps: int,
                drain_timeout: float = 90.0) -> dict[str, dict]:
     """One `wotr consume` (its own engine directory and SQL port) runs while the open-loop
-    generator sends at each rate, `reps` times (rates in turn); then, once it has loaded
+    generator sends at each rate, `reps` times (rates in turn), after it holds the topic's
+    partitions and loaded a few warm-up events (the fresh table's first insert); then, once it has loaded
     every accepted event (or `drain_timeout` passed), each row's `loaded_at` (set by the
     engine at insert) is read back through the consumer's SQL endpoint (from its engine
     after it stopped, if the endpoint does not answer). Latency = loaded_at - wall-clock
@@ -158,7 +159,11 @@ def end_to_end(api: Service, *, rates: list[tuple[str, float]], duration: float,
     failures: dict[str, list[str]] = {key: [] for key, _ in rates}
     rows: list[tuple[str, int, int]] | None = None
     try:
-        say(f"  consumer up (pid {consumer.pid}, SQL port {consumer.sql_port})")
+        say(f"  consumer up (pid {consumer.pid}, SQL port {consumer.sql_port}); waiting for its partitions")
+        _wait_assigned(ns, ns.topic, ns.group, 1)
+        warm = fixed_rate(api, rate=20, duration=1)  # the first insert into a fresh table, outside the figures
+        wait_until(lambda: metric_sum(consumer.port, "wotr_sink_rows_total") >= warm["ok"], 60,
+                   "the consumer to load the warm-up events", interval=0.2)
         for i in range(reps):
             for key, rate in rates:
                 try:
@@ -169,7 +174,7 @@ def end_to_end(api: Service, *, rates: list[tuple[str, float]], duration: float,
                         f"{r['latency_ms'].get('p99', float('nan')):.1f} ms")
                 except Exception as e:
                     failures[key].append(f"rep {i + 1}: {type(e).__name__}: {e}"[:500])
-        accepted = sum(r["ok"] for rs in runs.values() for r in rs)
+        accepted = warm["ok"] + sum(r["ok"] for rs in runs.values() for r in rs)
         t0 = time.monotonic()
         try:
             wait_until(lambda: metric_sum(consumer.port, "wotr_sink_rows_total") >= accepted, drain_timeout,
@@ -191,14 +196,16 @@ def end_to_end(api: Service, *, rates: list[tuple[str, float]], duration: float,
     out = {}
     for key, _ in rates:
         for r in runs[key]:
-            e2e, load_ms = [], []
-            for row_id, t_202 in r.pop("ids"):
+            e2e, load_ms, due_ms = [], [], []
+            for row_id, t_202, waited in r.pop("ids"):
                 got = loaded.get(row_id)
                 if got is not None:
                     e2e.append((got[1] / 1e6 - t_202) * 1000)
+                    due_ms.append((got[1] / 1e6 - (t_202 - waited)) * 1000)  # from when the request was due
                     load_ms.append((got[1] - got[0]) / 1000)
             r["rows_matched"] = len(e2e)
             r["e2e_ms"] = percentiles(e2e)
+            r["due_to_row_ms"] = percentiles(due_ms)
             r["loaded_minus_created_ms"] = percentiles(load_ms)
             r["drain_after_load_s"] = drained
             r["consumer_peak_rss"] = consumer.peak_rss
@@ -328,12 +335,12 @@ def consumer_drain(bus: Any, sink: Any, group: str, *, target: int, batch_size: 
 # -- the production edge: overload, memory over a sustained run ---------------------------
 
 
-def overload(api: Service, *, rate: float, duration: float, connections: int, timeout: float = 15.0) -> dict:
+def overload(api: Service, *, rate: float, duration: float, connections: int, timeout: float = 10.0) -> dict:
     """The open-loop generator at `rate` (above what the API sustains) with enough
     connections that the API's own bound (WOTR_INGEST_QUEUE_MAX, plus the events being
     flushed) is what refuses the excess, not the generator's pool: accepted and refused
-    (503) answers timed apart. Waits (up to 120 s) for the API to work off its backlog."""
-    r = fixed_rate(api, rate=rate, duration=duration, connections=connections, timeout=timeout, settle_timeout=120)
+    (503) answers timed apart. Waits (up to 90 s) for the API to work off its backlog."""
+    r = fixed_rate(api, rate=rate, duration=duration, connections=connections, timeout=timeout, settle_timeout=90)
     r["accepted_share"] = r["ok"] / max(r["requests"], 1)
     r["refused_share"] = r["refused"] / max(r["requests"], 1)
     return r
@@ -412,6 +419,21 @@ def _group_stable(admin: Any, group: str, members: int, partitions: int) -> bool
     return len(d.members) == members and assigned == partitions and str(d.state).upper().endswith("STABLE")
 
 
+def _wait_assigned(ns: Namespace, topic: str, group: str, members: int, timeout: float = 90) -> None:
+    """Until `group` is stable with `members` members holding every partition of `topic`."""
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": ns.stack["KAFKA_BOOTSTRAP"]})
+
+    def partitions() -> int:
+        meta = admin.list_topics(topic, timeout=10).topics.get(topic)
+        return len(meta.partitions) if meta is not None and meta.error is None else 0
+
+    count = wait_until(partitions, 30, f"topic {topic}", interval=0.3)
+    wait_until(lambda: _group_stable(admin, group, members, count), timeout,
+               f"group {group} to be stable with {members} member(s)", interval=0.3)
+
+
 def consumer_processes(ns: Namespace, n: int, messages: list, *, partitions: int, reps: int,
                        timeout: float = 120.0) -> dict:
     """`n` `wotr consume` processes in one group on a topic of their own (`partitions`
@@ -419,10 +441,9 @@ def consumer_processes(ns: Namespace, n: int, messages: list, *, partitions: int
     Once the group is stable (every member holds partitions), `messages` are produced as
     fast as the broker takes them, `reps` times; rows/s = the rows the processes load
     from the moment every one of them has loaded rows until all are in (their
-    `wotr_sink_rows_total`, polled every 0.1 s): the aggregate rate while all of them
-    work. The producer (in this process) overlaps the first part of each window."""
-    from confluent_kafka.admin import AdminClient
-
+    `wotr_sink_rows_total`, polled every 0.05 s): the aggregate rate while all of them
+    work. The producer (in this process) overlaps the first part of each window. When too
+    few rows are left by then (a small topic), rows/s counts from the start of producing."""
     from wotr_adapters.kafka import KafkaEventBus
 
     from .ceilings import kafka_produce
@@ -441,10 +462,14 @@ def consumer_processes(ns: Namespace, n: int, messages: list, *, partitions: int
             c.launch()
         for c in consumers:
             c.wait_ready(180)
-        admin = AdminClient({"bootstrap.servers": bootstrap})
-        wait_until(lambda: _group_stable(admin, group, n, partitions), 90, f"group {group} to be stable with {n} members",
-                   interval=0.5)
-        base = [0.0] * n
+        _wait_assigned(ns, topic, group, n)
+        # Warm-up outside the figures: every process's first insert into its fresh table.
+        warm = messages[: max(100 * partitions, 1)]
+        kafka_produce(bus, warm)
+        wait_until(lambda: all(metric_sum(c.port, "wotr_sink_rows_total") > 0 for c in consumers)
+                   and sum(metric_sum(c.port, "wotr_sink_rows_total") for c in consumers) >= len(warm), 60,
+                   "the consumers to load the warm-up messages", interval=0.2)
+        base = [metric_sum(c.port, "wotr_sink_rows_total") for c in consumers]
         for rep in range(reps):
             target = len(messages)
             samples: list[tuple[float, list[float]]] = []
@@ -459,7 +484,7 @@ def consumer_processes(ns: Namespace, n: int, messages: list, *, partitions: int
                     samples.append((time.monotonic() - t0, rows))
                     if sum(rows) >= target:
                         break
-                    time.sleep(0.1)
+                    time.sleep(0.05)
                 producer.join(60)
             base = [base[k] + samples[-1][1][k] for k in range(n)]
             total = sum(samples[-1][1])
@@ -471,13 +496,14 @@ def consumer_processes(ns: Namespace, n: int, messages: list, *, partitions: int
                    "complete": total >= target, "first_row_s": t_first, "all_loading_s": t_all, "end_s": t_end,
                    "produce_s": produced.get("seconds"), "rows_per_process": samples[-1][1],
                    "cpu": cpu.result, "rep": rep + 1}
-            if t_all is not None and t_end > t_all and total > at_all:
-                run["rows_per_s"] = (total - at_all) / (t_end - t_all)
-                run["window_rows"] = total - at_all
-            else:
-                run["rows_per_s"] = float("nan")
             if t_first is not None and t_end > t_first:
                 run["rows_per_s_from_first_row"] = total / (t_end - t_first)
+            run["rows_per_s_from_produce"] = total / t_end
+            if t_all is not None and t_end - t_all >= 0.3 and total - at_all >= 0.2 * total:
+                run["rows_per_s"], run["window"] = (total - at_all) / (t_end - t_all), "all processes loading"
+                run["window_rows"] = total - at_all
+            else:  # too few rows left once every process loads (a small topic): from the start of producing
+                run["rows_per_s"], run["window"] = run["rows_per_s_from_produce"], "from the start of producing"
             if not run["complete"]:
                 failures.append(f"rep {rep + 1}: {total:,.0f} of {target:,} rows in {timeout:g}s")
             runs.append(run)
@@ -487,9 +513,8 @@ def consumer_processes(ns: Namespace, n: int, messages: list, *, partitions: int
         for c in consumers:
             c.stop()
         bus.close()
-    good = [r for r in runs if r["complete"] and r["rows_per_s"] == r["rows_per_s"]]
-    out = summarize_reps(good or runs, lambda r: r["rows_per_s"] if r["rows_per_s"] == r["rows_per_s"] else 0.0,
-                         failures, "rows/s")
+    good = [r for r in runs if r["complete"]]
+    out = summarize_reps(good or runs, lambda r: r["rows_per_s"], failures, "rows/s")
     out["peak_rss"] = [c.peak_rss for c in consumers]
     return out
 
@@ -497,13 +522,16 @@ def consumer_processes(ns: Namespace, n: int, messages: list, *, partitions: int
 # -- ETL at growing archive sizes ---------------------------------------------------------
 
 
-def etl_sizes(sizes: list[int], *, runs: int, warmup: int, budgets: list[float]) -> dict:
+def etl_sizes(sizes: list[int], *, runs: int, warmup: int, budgets: list[float], workdir: Path | None = None) -> dict:
     """`bench.etl` in one child process: the archive grows to each size and the ETL runs
     `runs` times at each. Size i must finish (generation and runs) within `budgets[i]`
     seconds of starting; past it, the process is stopped and what finished is kept (a
-    size with some runs done counts with those). Its processes' peak RSS is sampled."""
+    size with some runs done counts with those). Its processes' peak RSS is sampled. The
+    archive lives in `workdir` (removed by the harness with its work directory)."""
     cmd = [PY, "-m", "bench.etl", "--sizes", ",".join(map(str, sizes)), "--runs", str(runs), "--warmup", str(warmup),
            "--budgets", ",".join(f"{b:.0f}" for b in budgets)]
+    if workdir is not None:  # a directory the harness removes, even when this process is killed at its bound
+        cmd += ["--dir", str(workdir)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
                             start_new_session=True)
     lines: queue.Queue = queue.Queue()

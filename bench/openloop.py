@@ -59,7 +59,7 @@ async def run(url: str, rate: float, duration: float, max_conns: int, timeout: f
     service = [math.nan] * n  # from writing the request to the end of the response
     status = [0] * n
     extra_headers = "".join(f"{h.strip()}\r\n" for h in (headers or []))
-    ids: list[tuple[str, float]] = []  # (event id, wall-clock time of the 202)
+    ids: list[tuple[str, float, float]] = []  # (event id, wall-clock time of the 202, seconds since it was due)
     errors: dict[str, int] = {}
     idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
     waiters: deque[asyncio.Future] = deque()
@@ -139,7 +139,7 @@ async def run(url: str, rate: float, duration: float, max_conns: int, timeout: f
             if code in (200, 202):
                 at = body.find(b'"id":"')
                 if at >= 0:
-                    ids.append((body[at + 6: body.index(b'"', at + 6)].decode(), time.time()))
+                    ids.append((body[at + 6: body.index(b'"', at + 6)].decode(), time.time(), latency[i]))
             else:
                 errors[str(code)] = errors.get(str(code), 0) + 1
         except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError) as e:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import statistics
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -64,8 +65,6 @@ def _median(r: dict | None, fallback: str | None = None) -> float | None:
 def _values_spread(values: list[float], digits: int = 0, pct: bool = False) -> str:
     if not values:
         return "n/a"
-    import statistics
-
     f = (lambda v: f"{v:.0%}") if pct else (lambda v: _num(v, digits))
     med = statistics.median(values)
     return f(med) if len(values) == 1 else f"{f(med)} ({f(min(values))}–{f(max(values))})"
@@ -169,8 +168,6 @@ def goals(results: dict) -> list[dict]:
     if _ok(fixed):
         p99, shares = _median(fixed), [r["ok"] / max(r["requests"], 1) for r in _runs(fixed)]
         all_ok = all(_accepted_all(r) for r in _runs(fixed))
-        import statistics
-
         row(f"POST /ingest at {_num(fixed['offered_rate'])}/s offered, 1 process",
             f"p99 {_spread(fixed, 1)} ms; accepted {_values_spread(shares, pct=True)}",
             f"all accepted, p99 <= {TARGETS['ingest_p99_ms']} ms",
@@ -204,8 +201,6 @@ def goals(results: dict) -> list[dict]:
     for key, default_rate in (("e2e_low", 100), ("e2e", 1000)):
         r = hops.get(key)
         if _ok(r) and r.get("e2e_ms"):
-            import statistics
-
             shares = [x["ok"] / max(x["requests"], 1) for x in _runs(r)]
             found = [x.get("rows_matched", 0) / max(x["ok"], 1) for x in _runs(r)]
             all_ok = statistics.median(shares) >= 1.0 and statistics.median(found) >= 1.0
@@ -215,7 +210,9 @@ def goals(results: dict) -> list[dict]:
                 f"{_values_spread(found, pct=True)}", f"p99 <= {TARGETS['e2e_p99_ms']} ms, all accepted",
                 p99 <= TARGETS["e2e_p99_ms"] and all_ok,
                 f"p50 {_num(r['e2e_ms'].get('p50'))} ms in the median run; ingest p99 "
-                f"{_num(r['latency_ms'].get('p99'), 1)} ms")
+                f"{_num(r['latency_ms'].get('p99'), 1)} ms; from the request's due time to the row (the API's own "
+                f"latency included) p50 {_num(r.get('due_to_row_ms', {}).get('p50'))} / p99 "
+                f"{_num(r.get('due_to_row_ms', {}).get('p99'))} ms")
         else:
             row(f"end to end, 202 -> row queryable, at {default_rate:,}/s offered", "not measured",
                 f"p99 <= {TARGETS['e2e_p99_ms']} ms, all accepted", None, (r or {}).get("failure", "")[:200])
@@ -251,8 +248,6 @@ def goals(results: dict) -> list[dict]:
             continue
         acc_p99 = _median(r)
         ref_p99 = [x["refused_ms"].get("p99") for x in _runs(r) if x.get("refused")]
-        import statistics
-
         ref_med = statistics.median(ref_p99) if ref_p99 else None
         met = acc_p99 <= TARGETS["overload_accepted_p99_ms"] and (
             ref_med is None or ref_med <= TARGETS["overload_refused_p99_ms"])
@@ -352,13 +347,22 @@ def _scale_table(results: dict) -> list[str]:
         bkey = f"batch_{plan['batch_sizes'][-1]}"
         line(f"POST /ingest/batch, {plan['batch_sizes'][-1]:,} per request, events/s", hops.get(bkey),
              hops.get(f"w{n}_batch"))
-        line("consumer processes (`wotr consume`), rows/s", hops.get("consume_p1"), hops.get(f"consume_p{n}"))
-        c2 = hops.get(f"consume_p{n}")
+        c1, c2 = hops.get("consume_p1"), hops.get(f"consume_p{n}")
+        windows = {x.get("window") for c in (c1, c2) if _ok(c) for x in _runs(c)}
+        if windows == {"all processes loading"} or not (_ok(c1) and _ok(c2)):
+            line("consumer processes (`wotr consume`), rows/s", c1, c2)
+        else:  # a small topic: the same measure on both sides, from the start of producing
+            v1 = [x["rows_per_s_from_produce"] for x in _runs(c1)]
+            v2 = [x["rows_per_s_from_produce"] for x in _runs(c2)]
+            g = statistics.median(v2) / statistics.median(v1) if v1 and v2 else None
+            lines.append(f"| consumer processes (`wotr consume`), rows/s from the start of producing (too few rows "
+                         f"for the all-loading window) | {_values_spread(v1)} | {_values_spread(v2)} | "
+                         f"{f'×{g:.2f}' if g else '—'} |")
         if _ok(c2):
             lines += ["", f"With {n} consumer processes the median run loaded "
                       + ", ".join(f"{x:,.0f}" for x in c2["rows_per_process"]) + f" rows each ({c2['partitions']} "
-                      f"partitions); the producer (in the harness) took {_num(c2.get('produce_s'), 1)} s of the "
-                      f"window's start."]
+                      f"partitions); producing the events (in the harness, at the Kafka produce ceiling's pace) took "
+                      f"{_num(c2.get('produce_s'), 1)} s, overlapping the start of the window."]
     return lines
 
 
@@ -374,8 +378,8 @@ def _overload_table(results: dict) -> list[str]:
              f"{settings.get('WOTR_INGEST_QUEUE_MAX_default')}); besides the queue, up to 4 flushes of up to 1,000 "
              "events are in progress. Latency from each request's due time; accepted = 202, refused = 503.", "",
              "| offered | accepted | accepted p50 / p99 ms | refused (503) | refused p50 / p99 ms | first 503 after | "
-             "other errors | status |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "other errors | generator | status |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     goal = {g["goal"]: g for g in goals(results)}
     for k in keys:
         r = hops[k]
@@ -388,12 +392,17 @@ def _overload_table(results: dict) -> list[str]:
             f"{_num(l.get('p50'))} / {_spread(r)} | {_values_spread([x['refused_share'] for x in _runs(r)], pct=True)} | "
             f"{_num(f.get('p50'), 1)} / {_num(f.get('p99'), 1)} | "
             f"{_num(r.get('first_refused_s'), 1) + ' s' if r.get('first_refused_s') is not None else 'never'} | "
-            f"{', '.join(f'{c}: {n:,}' for c, n in other.items()) or 'none'} | **{g.get('status', '—')}** |")
+            f"{', '.join(f'{c}: {n:,}' for c, n in other.items()) or 'none'} | "
+            f"sent in {_num(r.get('sending_s'), 1)} s of {_num(r.get('duration_s'), 1)} s, "
+            f"{r.get('connections_opened', 0):,} connections, {_num(r.get('generator_cpu_cores'), 2)} cores | "
+            f"**{g.get('status', '—')}** |")
     if not keys:
-        lines.append("| not measured | | | | | | | |")
+        lines.append("| not measured | | | | | | | | |")
     lines += ["", "Accepted p99 is the median over the repetitions (min–max); the other columns are the median run's "
               "(shares: median and spread). A request still unanswered after the generator's timeout counts under "
-              "other errors."]
+              "other errors (`timeout`), as does a connection the server reset. \"sent in\" is how long the generator "
+              "took to send what was due within the run's duration: longer means the generator itself fell behind "
+              "(see the generator check)."]
     return lines
 
 
@@ -427,8 +436,6 @@ def _edge_cost_table(results: dict) -> list[str]:
 def _cpu_median(r: dict | None) -> float | None:
     if not _ok(r):
         return None
-    import statistics
-
     return statistics.median(x["server_cpu_us_per_event"] for x in _runs(r))
 
 
@@ -439,8 +446,10 @@ def _etl_table(results: dict) -> list[str]:
         return lines + [f"Not measured: {(etl or {}).get('skipped') or (etl or {}).get('failure') or 'failed'}"]
     lines += [f"`python -m bench.etl` (one process, one Spark session, local[2]): raw events generated as "
               f"`wotr_apps.etl.bench` generates them (one object per event, one in 1,000 torn), the archive grown to "
-              f"each size in turn, the ETL run over the whole archive at each size ({etl['runs_per_size']} runs; the "
-              f"first size after a warm-up run). Each size is bounded in time (generation and runs). Spark started in "
+              f"each size in turn, the ETL run over the whole archive at each size ({etl['runs_per_size']} run(s)"
+              + (f"; {results['plan'].get('etl_warmup')} unmeasured warm-up run(s) at the first size" if
+                 results["plan"].get("etl_warmup") else "; no warm-up run: the first size's run is a cold one")
+              + f"). Each size is bounded in time (generation and runs). Spark started in "
               f"{_num(etl.get('spark_start_s'), 1)} s.", "",
               "| archived events | rows/s | run seconds | generation s | time bound | status |",
               "| --- | --- | --- | --- | --- | --- |"]
@@ -632,7 +641,8 @@ def figures(results: dict) -> list[dict]:
         v = _median(r, "rows_per_s")
         row(f"`wotr consume`, {r['processes']} process(es) in one group", f"{_spread(r, value=v)} events/s", v,
             c_ceiling, "(scale-out)", None,
-            f"rows per process {', '.join(f'{x:,.0f}' for x in r['rows_per_process'])}; {r['partitions']} partitions")
+            f"rows per process {', '.join(f'{x:,.0f}' for x in r['rows_per_process'])}; {r['partitions']} partitions; "
+            f"rows/s counted {r.get('window', '?')}")
     etl = hops.get("etl")
     if _ok(etl) and etl.get("by_size"):
         for size, e in etl["by_size"].items():
@@ -863,9 +873,16 @@ def write_report(results: dict, out_root: Path, started: datetime) -> Path:
     out_root.mkdir(parents=True, exist_ok=True)
     out = out_root / started.strftime("%Y%m%dT%H%M%SZ")
     out.mkdir(parents=True, exist_ok=True)
+    # The measurements first, so that a rendering bug loses nothing (`rerender` writes the rest again).
+    (out / "report.json").write_text(json.dumps(results, indent=2, default=str))
+    results.pop("notes", None)
     rows = figures(results)
     results["figures"] = rows
-    png = chart(results, rows, out / "chart.png")
+    try:
+        png = chart(results, rows, out / "chart.png")
+    except Exception as e:  # the tables matter more than the picture
+        results.setdefault("notes", []).append(f"no chart: {type(e).__name__}: {e}"[:300])
+        png = ""
     if png is None:  # not a failed measurement: the report has every figure without it
         results.setdefault("notes", []).append("no chart: matplotlib is not installed (`make bench` installs the "
                                                "`bench` extra)")
