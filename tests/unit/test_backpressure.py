@@ -8,6 +8,7 @@ still held at its gate, so nothing was waited for.
 from __future__ import annotations
 
 import asyncio
+import time
 import threading
 from contextlib import asynccontextmanager
 
@@ -275,3 +276,39 @@ def test_while_behind_the_api_refuses_before_reading_the_body():
     assert refused.status_code == 503 and refused.json()["error"] == "overloaded"
     assert refused.headers["retry-after"] == "1"
     assert first.status_code == 202 and queued.status_code == 202
+
+
+def test_a_late_event_loop_sheds_too():
+    """When the loop itself is behind (its lag beyond max_wait), requests are refused even
+    though no event waits for a write."""
+    commit = GroupCommit(lambda items: [], max_wait=0.05)
+
+    async def scenario():
+        await commit.start()
+        on_time, late = commit.refuse_if_overloaded(late=0.01), commit.refuse_if_overloaded(late=0.2)
+        await commit.stop()
+        return on_time, late
+
+    on_time, late = asyncio.run(scenario())
+    assert on_time is None
+    assert isinstance(late, Overloaded) and "the server is behind" in str(late)
+
+
+def test_the_loop_lag_watch_sees_a_blocked_loop():
+    from wotr_apps.api.edge import LoopLag
+
+    async def scenario():
+        lag = LoopLag(every=0.005)
+        await lag.start()
+        await asyncio.sleep(0.05)
+        calm = lag.lag
+        time.sleep(0.2)  # the loop is blocked: its timer fires late
+        seen = 0.0
+        for _ in range(5):  # the overdue timer runs at the loop's next turns
+            await asyncio.sleep(0)
+            seen = max(seen, lag.lag)
+        await lag.stop()
+        return calm, seen
+
+    calm, blocked = asyncio.run(scenario())
+    assert calm < 0.05 and blocked > 0.1

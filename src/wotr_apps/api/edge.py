@@ -7,6 +7,7 @@ object instead, built once per application.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,22 +37,55 @@ class IngestEdge:
 _SHED_PATHS = frozenset({"/ingest"})
 
 
-def shed_early(group_commit: GroupCommit) -> Any:
-    """ASGI middleware: while the group commit is behind (`GroupCommit.overloaded`), a
-    `POST /ingest` is answered 503 before routing and before its body is read, so a
-    refusal costs the event loop microseconds instead of a full request's work."""
+class LoopLag:
+    """How late the event loop runs what is due: a timer every `every` seconds notes by how
+    much it fired late. When the loop is the bottleneck (every request costs CPU on it),
+    requests wait in its ready queue and the socket's backlog where no queue of ours sees
+    them; its lag is that wait."""
+
+    def __init__(self, every: float = 0.005) -> None:
+        self.every = every
+        self.lag = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._watch(), name="wotr-loop-lag")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    async def _watch(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            due = loop.time() + self.every
+            await asyncio.sleep(self.every)
+            self.lag = max(0.0, loop.time() - due)
+
+
+def shed_early(group_commit: GroupCommit, lag: LoopLag) -> Any:
+    """ASGI middleware: while the writes are behind (`GroupCommit.overloaded`) or the event
+    loop runs later than the same bound (`LoopLag`), a `POST /ingest` is answered 503 before
+    routing, its body drained unread, so a refusal costs the loop microseconds instead of a
+    full request's work and the client's connection stays usable."""
     import msgspec
 
     def middleware(app: Any) -> Any:
         async def shed(scope: Any, receive: Any, send: Any) -> None:
             if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in _SHED_PATHS:
-                refused = group_commit.refuse_if_overloaded()
+                refused = group_commit.refuse_if_overloaded(late=lag.lag)
                 if refused is not None:
+                    more = True
+                    while more:  # drain what the client sends (bounded by the server's own limits)
+                        message = await receive()
+                        more = message.get("more_body", False) and message["type"] == "http.request"
                     body = msgspec.json.encode({"status_code": 503, "error": "overloaded", "detail": str(refused)})
                     retry = str(max(1, round(refused.retry_after)))
                     await send({"type": "http.response.start", "status": 503, "headers": [
                         (b"content-type", b"application/json"), (b"retry-after", retry.encode()),
-                        (b"content-length", str(len(body)).encode()), (b"connection", b"close")]})
+                        (b"content-length", str(len(body)).encode())]})
                     await send({"type": "http.response.body", "body": body})
                     return
             await app(scope, receive, send)

@@ -165,14 +165,18 @@ class GroupCommit:
             raise answer
         return answer
 
-    def refuse_if_overloaded(self) -> Overloaded | None:
-        """The refusal of one more request while `overloaded` (counted as shed), else None:
-        what a driving adapter calls to refuse before it even reads the request."""
-        if not self.overloaded:
+    def refuse_if_overloaded(self, late: float = 0.0) -> Overloaded | None:
+        """The refusal of one more request while `overloaded`, or while the caller itself is
+        `late` by more than `max_wait` seconds (e.g. its event loop's lag), counted as shed;
+        else None: what a driving adapter calls to refuse before it even reads the request."""
+        if late > self.max_wait:
+            reason = f"the server is behind: requests wait longer than {self.max_wait * 1000:.0f} ms"
+        elif self.overloaded:
+            reason = f"the writes are behind: events wait longer than {self.max_wait * 1000:.0f} ms"
+        else:
             return None
         self._observer.shed(1)
-        return Overloaded("api", f"the writes are behind: events wait longer than {self.max_wait * 1000:.0f} ms",
-                          retry_after=self._retry_after)
+        return Overloaded("api", reason, retry_after=self._retry_after)
 
     @property
     def overloaded(self) -> bool:
