@@ -33,6 +33,7 @@ $(BENCH_STAMP): $(STAMP)
 	touch $(BENCH_STAMP)
 
 ## Measure every hop beside its ceiling on the native stack (brought up by the harness); report under bench/results/.
+## Bounded: about 30 minutes. BENCH_ARGS="--quick" (a few minutes) | "--no-etl" | "--profile" | "--wait-quiet 30".
 bench: $(BENCH_STAMP)
 	$(PY) -m bench $(BENCH_ARGS)
 
@@ -47,11 +48,20 @@ chromium:
 	  SUDO=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium; }
 
-## Install everything, bring the native stack up when it is not running, run every suite.
+## Install everything, bring the native stack up when it is not running, run every suite,
+## then the short fault matrix (`python -m chaos --quick`: ~4 min, on a chaos stack of its own).
 test: $(STAMP) chromium
 	$(WOTR) stack up
 	$(PY) -m pytest
 	$(MAKE) --no-print-directory examples
+	$(PY) -m chaos --quick
+
+## The fault matrix under load (kill -9 every component, count every event; ~25 min) on a
+## stack of its own (~/.local/share/wotr-chaos, ports +20000); writes docs/reliability.md.
+## CHAOS_ARGS="--list" | "--only api-kill9" | "--quick".
+.PHONY: chaos
+chaos: $(STAMP)
+	$(PY) -m chaos $(CHAOS_ARGS)
 
 # The example project that embeds wotr (examples/external-project), installed beside wotr
 # from this checkout; its own suite uses wotr's pytest fixtures.

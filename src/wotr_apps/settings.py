@@ -17,6 +17,7 @@ profile but `memory`); elsewhere their defaults stand.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import re
@@ -188,6 +189,20 @@ def _spark_master(raw: str) -> str:
     return value
 
 
+_HOST_NAME = re.compile(r"[A-Za-z0-9_.\-]+")  # a host name or an IPv4 address
+
+
+def _host(raw: str) -> str:
+    value = _text(raw)
+    try:
+        ok = ipaddress.ip_address(value).version == 6 if ":" in value else bool(_HOST_NAME.fullmatch(value))
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ValueError(f"must be a host name or an IP address (no scheme or port), got {value!r}")
+    return value
+
+
 _SPARK_SIZE = re.compile(r"[1-9]\d*[kmgtp]?b?", re.IGNORECASE)
 
 
@@ -323,7 +338,7 @@ VARIABLES: tuple[Variable, ...] = (
              "cache_dir"),
     Variable("WOTR_SPARK_MASTER", "local[2]", _spark_master, "the ETL's Spark master: local[N] or a cluster "
              "(spark://host:port)", "spark_master"),
-    Variable("WOTR_SPARK_DRIVER_HOST", "127.0.0.1", _text, "address the ETL's executors reach its driver at "
+    Variable("WOTR_SPARK_DRIVER_HOST", "127.0.0.1", _host, "address the ETL's executors reach its driver at "
              "(bound on all interfaces unless loopback)", "spark_driver_host"),
     Variable("WOTR_SPARK_EXECUTOR_MEMORY", None, _spark_size, "memory of each executor on a cluster (512m, 2g; "
              "default Spark's, 1g)", "spark_executor_memory"),

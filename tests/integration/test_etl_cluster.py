@@ -12,6 +12,7 @@ rows but for their run id and time).
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import signal
@@ -50,6 +51,18 @@ ROOT = Path(__file__).resolve().parents[2]
 SPARK_HOME = Path(pyspark.__file__).parent
 D1, D2 = date(2026, 4, 1), date(2026, 4, 2)
 WORKERS = 2
+# Passed through WOTR_SPARK_CONF (and spark-submit's --conf): executors of a run this small
+# live for seconds, so the quick JIT alone and one GC thread suit them.
+EXECUTOR_JAVA = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
+
+
+def _die_with_this_process() -> None:
+    """In the child before exec: SIGTERM when the test process dies, even if it is killed
+    before the fixture's teardown could stop the cluster (Linux; elsewhere teardown only)."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def _free_port() -> int:
@@ -70,6 +83,15 @@ class Cluster:
     def state(self) -> dict:
         with urllib.request.urlopen(f"{self.ui}/json/", timeout=5) as answer:
             return json.load(answer)
+
+    def apps(self) -> list[dict]:
+        """The applications the master has seen, running or finished."""
+        state = self.state()
+        return [*state.get("activeapps", []), *state.get("completedapps", [])]
+
+    def executors(self, app_id: str) -> int:
+        """Executors of an application that the workers launched (their work directories)."""
+        return len(list(self.logs.glob(f"work*/{app_id}/*/stderr")))
 
     def wait_ready(self, timeout: float = 120.0) -> None:
         """Until every worker is registered and alive; the logs' tails when it does not happen."""
@@ -127,7 +149,8 @@ def spark_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]
         for name, command in commands.items():
             with open(home / f"{name}.log", "wb") as log:
                 cluster.processes.append(subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                                          stdin=subprocess.DEVNULL, start_new_session=True))
+                                                          stdin=subprocess.DEVNULL, start_new_session=True,
+                                                          preexec_fn=_die_with_this_process))
         yield cluster
     finally:
         cluster.stop()
@@ -217,7 +240,8 @@ def _archive(bucket: MinioObjectStore, metadata: PostgresMetadataRepo) -> int:
     keys = []
     for i in range(12):
         now = datetime.combine(D1 if i % 2 else D2, datetime.min.time(), UTC) + timedelta(hours=i, microseconds=i)
-        keys.append(service.ingest(IngestRequest(payload={"i": i, "text": "é ✓"}, source="it", type="etl")).object_key)
+        request = IngestRequest(payload={"i": i, "text": "é ✓"}, source="it", type="etl")
+        keys.append(service.ingest(request).object_key)
     now = datetime(2026, 4, 2, 12, 0, tzinfo=UTC)
     batch = service.ingest_batch([IngestRequest(payload={"b": i}, source="it") for i in range(5)])
     (batch_key,) = {r.object_key for r in batch}
@@ -248,18 +272,21 @@ def test_the_etl_on_a_standalone_cluster_writes_what_local_mode_writes(
 
     spark_cluster.wait_ready()
     t0 = time.monotonic()
-    on_cluster = _run(etl, env(WOTR_SPARK_MASTER=spark_cluster.url, WOTR_SPARK_EXECUTOR_MEMORY="512m"))
+    on_cluster = _run(etl, env(WOTR_SPARK_MASTER=spark_cluster.url, WOTR_SPARK_EXECUTOR_MEMORY="512m",
+                               WOTR_SPARK_CONF=f"spark.executor.extraJavaOptions={EXECUTOR_JAVA}"))
     cluster_seconds = time.monotonic() - t0
     assert f"starting Spark ({spark_cluster.url})" in on_cluster.stdout, on_cluster.stdout
     assert f"{expected_rows} written, 1 rejected" in on_cluster.stdout, on_cluster.stdout
     assert _output(s3_connection, bucket) == reference
-    (app,) = [a for a in spark_cluster.state()["completedapps"] if a["name"] == "wotr-etl"]
-    executors = sorted(spark_cluster.logs.glob(f"work*/{app['id']}/*/stderr"))
-    assert len(executors) == WORKERS, "an executor on each worker"
-    assert all("S3AFileSystem" not in p.read_text(errors="replace") for p in executors)
+    (app,) = spark_cluster.apps()
+    assert app["name"] == "wotr-etl" and app["memoryperexecutor"] == 512
+    assert spark_cluster.executors(app["id"]) == WORKERS, "an executor on each worker"
     # The s3a jars are on the workers' class path: nothing was copied into the work directories.
-    copied = sum(f.stat().st_size for f in spark_cluster.logs.glob(f"work*/{app['id']}/**/*.jar"))
-    assert copied == 0
+    assert sum(f.stat().st_size for f in spark_cluster.logs.glob(f"work*/{app['id']}/**/*.jar")) == 0
+    launched = [line for log in spark_cluster.logs.glob("worker*.log")
+                for line in log.read_text(errors="replace").splitlines() if "Launch command" in line]
+    assert len(launched) == WORKERS  # the executors' Java options came from WOTR_SPARK_CONF:
+    assert all(f'"{option}"' in line for line in launched for option in EXECUTOR_JAVA.split())
 
     package = submit.package(tmp_path / "dist" / "wotr-etl.zip")
     classpath = _run([sys.executable, "-m", "wotr_apps.etl.submit", "--classpath"], env()).stdout.strip()
@@ -267,6 +294,7 @@ def test_the_etl_on_a_standalone_cluster_writes_what_local_mode_writes(
     t0 = time.monotonic()
     submitted = _run([str(SPARK_HOME / "bin" / "spark-submit"), "--master", spark_cluster.url,
                       "--conf", f"spark.pyspark.python={sys.executable}", "--conf", "spark.executor.memory=512m",
+                      "--conf", f"spark.executor.extraJavaOptions={EXECUTOR_JAVA}",
                       "--driver-class-path", classpath, "--py-files", str(package),
                       str(ROOT / "src" / "wotr_apps" / "etl" / "submit.py"), "--since", D1.isoformat()],
                      env(WOTR_SPARK_MASTER="local[1]"))  # the command line's --master wins
@@ -274,6 +302,12 @@ def test_the_etl_on_a_standalone_cluster_writes_what_local_mode_writes(
     assert f"starting Spark ({spark_cluster.url}, settings of spark-submit first)" in submitted.stdout, submitted.stdout
     assert f"{expected_rows} written, 1 rejected" in submitted.stdout, submitted.stdout
     assert _output(s3_connection, bucket) == reference
-    assert len([a for a in spark_cluster.state()["completedapps"] if a["name"] == "wotr-etl"]) == 2
+    (second,) = [a for a in spark_cluster.apps() if a["id"] != app["id"]]
+    assert second["name"] == "submit.py"  # spark-submit names it; its settings win
+    assert spark_cluster.executors(second["id"]) == WORKERS
+    # The executors' class path was filled in from the settings, for the command line's master.
+    assert sum(f.stat().st_size for f in spark_cluster.logs.glob(f"work*/{second['id']}/**/*.jar")) == 0
     print(f"\nlocal[2] run {local_seconds:.1f}s (with the data), cluster run {cluster_seconds:.1f}s, "
           f"spark-submit run {submit_seconds:.1f}s, whole test {time.monotonic() - started:.1f}s")
+    for done in (local, on_cluster, submitted):
+        print(" | ".join(line for line in done.stdout.splitlines() if line.startswith(("Spark ready", "done in"))))

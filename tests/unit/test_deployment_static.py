@@ -1172,3 +1172,74 @@ def test_the_images_install_with_the_constraints():
                 assert copied and copied[0] < steps.index((keyword, args)), f"{stage.name}: constraints.txt not copied first"
     ignored = [p.strip() for p in (ROOT / ".dockerignore").read_text().splitlines() if p.strip() and not p.startswith("#")]
     assert not any(Path("constraints.txt").match(p) for p in ignored), ".dockerignore keeps constraints.txt out"
+
+
+# ---------------------------------------------------------------------------------------
+# The ETL's Spark cluster: spark-master and spark-worker, and the etl service on them
+# ---------------------------------------------------------------------------------------
+
+SPARK_SERVICES = ("spark-master", "spark-worker")
+
+
+def spark_class_command(name: str) -> tuple[str, list[str], dict[str, str]]:
+    """The class a spark-class service runs, its positional arguments and its --flags."""
+    main, *rest = [str(part) for part in SERVICES[name]["command"]]
+    positional, flags, i = [], {}, 0
+    while i < len(rest):
+        if rest[i].startswith("--"):
+            flags[rest[i]] = rest[i + 1]
+            i += 2
+        else:
+            positional.append(rest[i])
+            i += 1
+    return main, positional, flags
+
+
+def test_the_spark_services_run_the_etl_images_spark():
+    """Master and worker are the ETL image running `spark-class`: one Spark version, one
+    Python (the executors run the driver's interpreter path) and the s3a jars at one path."""
+    etl = SERVICES["etl"]
+    for name in SPARK_SERVICES:
+        service = SERVICES[name]
+        assert (service["image"], build_of(service)) == (etl["image"], build_of(etl)), name
+        assert service["entrypoint"] == ["spark-class"], name
+        assert service.get("profiles") == ["etl"], "started with the ETL, by make compose-etl"
+        assert service["hostname"] == name and str(service.get("restart")) == "unless-stopped"
+        assert not service.get("ports"), f"{name}: Spark's ports and web UI stay inside the compose network"
+    venv_on_path = [a for s in lineage(WOTR_STAGES, STAGE["etl"]) for kw, a in s.instructions
+                    if kw == "ENV" and "PATH=/opt/wotr/bin:" in a]
+    assert venv_on_path, "spark-class (installed by pyspark into /opt/wotr/bin) is on the image's PATH"
+    assert any("procps" in a for s in lineage(WOTR_STAGES, STAGE["etl"]) for kw, a in s.instructions if kw == "RUN")
+
+
+def test_the_spark_worker_registers_with_the_master_and_both_report_health():
+    main, positional, master = spark_class_command("spark-master")
+    assert main == "org.apache.spark.deploy.master.Master" and positional == []
+    assert master["--host"] == "spark-master"
+    url = f"spark://spark-master:{master['--port']}"
+    main, positional, worker = spark_class_command("spark-worker")
+    assert main == "org.apache.spark.deploy.worker.Worker" and positional == [url]
+    assert worker["--host"] == "spark-worker" and worker["--work-dir"].startswith("/tmp/")  # writable by uid 10001
+    assert SERVICES["spark-worker"]["depends_on"] == {"spark-master": {"condition": "service_healthy"}}
+    master_check = " ".join(SERVICES["spark-master"]["healthcheck"]["test"])
+    assert f"http://127.0.0.1:{master['--webui-port']}/json/" in master_check and "ALIVE" in master_check
+    worker_check = " ".join(SERVICES["spark-worker"]["healthcheck"]["test"])
+    assert f"http://spark-master:{master['--webui-port']}/json/" in worker_check
+    assert "'spark-worker'" in worker_check and "ALIVE" in worker_check  # healthy once registered
+
+
+def test_the_etl_service_points_at_the_compose_spark_master():
+    _main, _positional, master = spark_class_command("spark-master")
+    _main, _positional, worker = spark_class_command("spark-worker")
+    settings = Settings.from_env(environment(SERVICES["etl"]))
+    assert settings.spark_master == f"spark://spark-master:{master['--port']}"
+    # Executors connect back to the driver at the run container's service name.
+    assert settings.spark_driver_host == "etl" and "etl" in SERVICES
+    compose_etl = re.search(r"^compose-etl:\n\t(.+)$", MAKE_INCLUDE.read_text(), re.M).group(1).split()
+    assert "--use-aliases" in compose_etl and compose_etl[compose_etl.index("run"):][-3:-1] == ["etl", "etl"]
+    assert size_bytes(settings.spark_executor_memory) <= size_bytes(worker["--memory"])
+    depends = SERVICES["etl"]["depends_on"]
+    for name in SPARK_SERVICES:
+        assert depends[name] == {"condition": "service_healthy"}, name
+    for name in ("api", "consumer", "relay"):
+        assert Settings.from_env(environment(SERVICES[name])).spark_master == "local[2]", name

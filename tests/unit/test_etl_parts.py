@@ -5,6 +5,11 @@ Parquet written before, the container's ETL providers and the command line."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import zipfile
+from dataclasses import replace
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -19,7 +24,8 @@ from wotr_apps.etl.cli import main as etl_main
 from wotr_adapters.minio import MinioObjectStore, minio_client
 from wotr_apps.container import build_container
 from wotr_apps.etl.layout import Layout, Selection, available_dates, select_dates
-from wotr_apps.etl.session import hadoop_url, session_conf
+from wotr_apps.etl import submit
+from wotr_apps.etl.session import SparkOptions, hadoop_url, session_conf
 from wotr_apps.run_history import RunHistory, RunRecord, render_table
 from wotr_apps.settings import Settings
 from wotr_domain.errors import ConfigError, NotFound
@@ -331,6 +337,171 @@ def test_session_settings_for_s3a_come_from_the_s3_connection():
     assert conf["spark.hadoop.fs.s3a.path.style.access"] == "true"
     assert conf["spark.hadoop.fs.s3a.connection.ssl.enabled"] == "false"
     assert (conf["spark.hadoop.fs.s3a.access.key"], conf["spark.hadoop.fs.s3a.secret.key"]) == ("ak", "sk")
+
+
+# -- on a cluster: settings, session settings, spark-submit ------------------------------
+
+
+def test_spark_settings_default_to_local_mode_on_loopback_and_read_their_variables():
+    s = Settings.from_env({})
+    assert (s.spark_master, s.spark_driver_host, s.spark_executor_memory, s.spark_executor_cores,
+            s.spark_ship_jars, s.spark_conf) == ("local[2]", "127.0.0.1", None, None, False, ())
+    assert SparkOptions.from_settings(s) == SparkOptions()
+    s = Settings.from_env({
+        "WOTR_SPARK_MASTER": "spark://10.0.0.5:7077", "WOTR_SPARK_DRIVER_HOST": "etl",
+        "WOTR_SPARK_EXECUTOR_MEMORY": "2G", "WOTR_SPARK_EXECUTOR_CORES": "3", "WOTR_SPARK_SHIP_JARS": "true",
+        "WOTR_SPARK_CONF": "spark.jars.ivy=/tmp/ivy, spark.executor.extraJavaOptions=-Da=1 -Db=2,"
+                           "spark.files=a.txt,b.txt",
+    })
+    options = SparkOptions.from_settings(s)
+    assert (options.master, options.driver_host, options.executor_memory, options.executor_cores,
+            options.ship_jars) == ("spark://10.0.0.5:7077", "etl", "2g", 3, True)
+    assert dict(options.conf) == {"spark.jars.ivy": "/tmp/ivy", "spark.executor.extraJavaOptions": "-Da=1 -Db=2",
+                                  "spark.files": "a.txt,b.txt"}  # a comma starts a pair only before spark.
+    for master in ("local", "local[*]", "local[4]", "local[2,3]", "spark://a:7077,b:7077", "yarn",
+                   "k8s://https://k:6443"):
+        assert Settings.from_env({"WOTR_SPARK_MASTER": master}).spark_master == master
+
+
+@pytest.mark.parametrize(("name", "value", "problem"), [
+    ("WOTR_SPARK_MASTER", "spark://127.0.0.1", "must be local[N], local[*], spark://host:port"),
+    ("WOTR_SPARK_MASTER", "mesos://m:5050", "must be local[N]"),
+    ("WOTR_SPARK_MASTER", "local[0]", "must be local[N]"),
+    ("WOTR_SPARK_DRIVER_HOST", "http://etl", "must be a host name or an IP address (no scheme or port)"),
+    ("WOTR_SPARK_DRIVER_HOST", "etl:7078", "must be a host name or an IP address"),
+    ("WOTR_SPARK_EXECUTOR_MEMORY", "lots", "must be a size like 512m or 2g, got 'lots'"),
+    ("WOTR_SPARK_EXECUTOR_MEMORY", "0g", "must be a size like 512m or 2g"),
+    ("WOTR_SPARK_EXECUTOR_CORES", "0", "must be at least 1, got 0"),
+    ("WOTR_SPARK_EXECUTOR_CORES", "two", "must be an integer"),
+    ("WOTR_SPARK_SHIP_JARS", "maybe", "must be true or false"),
+    ("WOTR_SPARK_CONF", "executor.memory=1g", "must be spark.<key>=<value> pairs separated by commas, got "
+                                               "'executor.memory=1g'"),
+    ("WOTR_SPARK_CONF", "spark.executor.memory", "must be spark.<key>=<value> pairs"),
+    ("WOTR_SPARK_CONF", "spark.a=1,spark.b=", "must give every key a value, spark.b has none"),
+    ("WOTR_SPARK_CONF", "spark.a=1,spark.a=2", "must name each key once, spark.a is given twice"),
+])
+def test_invalid_spark_settings_name_their_variable(name, value, problem):
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({name: value})
+    assert info.value.variable == name
+    assert str(info.value).startswith(f"{name} {problem}")
+
+
+def test_session_settings_on_a_cluster_come_from_the_spark_options():
+    options = SparkOptions(master="spark://127.0.0.1:7077", executor_memory="512m", executor_cores=1,
+                           python="/venv/bin/python")
+    jars = [Path("/c/hadoop-aws.jar"), Path("/c/bundle.jar")]
+    conf = session_conf(S3Connection(), jars, options)
+    assert conf["spark.master"] == "spark://127.0.0.1:7077"
+    assert conf["spark.driver.host"] == conf["spark.driver.bindAddress"] == "127.0.0.1"
+    assert conf["spark.pyspark.python"] == "/venv/bin/python"
+    assert (conf["spark.executor.memory"], conf["spark.executor.cores"]) == ("512m", "1")
+    # The jars at the same path on every worker: on both class paths, nothing shipped.
+    assert conf["spark.driver.extraClassPath"] == conf["spark.executor.extraClassPath"] == (
+        "/c/hadoop-aws.jar:/c/bundle.jar")
+    assert "spark.jars" not in conf
+    shipped = session_conf(S3Connection(), jars, replace(options, ship_jars=True))
+    assert shipped["spark.jars"] == "/c/hadoop-aws.jar,/c/bundle.jar" and "spark.executor.extraClassPath" not in shipped
+    assert "spark.executor.extraClassPath" not in session_conf(None, [], options)  # no s3a, no jars
+    # Executors on other hosts or containers: the driver listens on every interface.
+    remote = session_conf(None, [], replace(options, driver_host="etl"))
+    assert (remote["spark.driver.host"], remote["spark.driver.bindAddress"]) == ("etl", "0.0.0.0")
+    # WOTR_SPARK_CONF comes last and wins.
+    extra = session_conf(None, [], replace(options, conf=(("spark.sql.shuffle.partitions", "8"),
+                                                          ("spark.pyspark.python", "/usr/bin/python3"))))
+    assert (extra["spark.sql.shuffle.partitions"], extra["spark.pyspark.python"]) == ("8", "/usr/bin/python3")
+
+
+def test_local_mode_keeps_its_settings_and_runs_this_python():
+    conf = session_conf(S3Connection(), [Path("/c/a.jar")], SparkOptions(executor_memory="4g"))
+    assert conf["spark.jars"] == "/c/a.jar" and "spark.driver.extraClassPath" not in conf
+    assert conf["spark.pyspark.python"] == sys.executable
+    assert conf["spark.master"] == "local[2]" and conf["spark.executor.memory"] == "4g"
+
+
+def test_the_container_hands_the_settings_spark_options_to_the_session(tmp_path: Path, monkeypatch):
+    seen = {}
+
+    def fake_session(root, s3, jars_dir=None, *, options=None, say=print):
+        seen.update(root=root, options=options, jars_dir=jars_dir)
+        yield "spark"
+
+    monkeypatch.setattr("wotr_apps.etl.session.etl_session", fake_session)
+    env = {"WOTR_DATA_DIR": str(tmp_path / "data"), "WOTR_CACHE_DIR": str(tmp_path / "cache"),
+           "WOTR_SPARK_MASTER": "spark://127.0.0.1:7077", "WOTR_SPARK_EXECUTOR_CORES": "2"}
+    container = build_container(Settings.from_env(env), role="etl")
+    try:
+        assert container.etl_spark() == "spark"
+    finally:
+        container.shutdown_resources()
+    assert seen["options"] == SparkOptions(master="spark://127.0.0.1:7077", executor_cores=2)
+    assert seen["root"] == f"file://{tmp_path}/data/objects/raw-data"
+    assert seen["jars_dir"] == tmp_path / "cache" / "spark-jars"
+
+
+def test_the_spark_submit_package_holds_the_sources_and_imports_from_the_zip(tmp_path: Path):
+    zipped = submit.package(tmp_path / "dist" / "wotr-etl.zip")
+    with zipfile.ZipFile(zipped) as zf:
+        names = set(zf.namelist())
+    assert {"wotr_domain/__init__.py", "wotr_adapters/minio.py", "wotr_apps/container.py",
+            "wotr_apps/etl/submit.py", "wotr_apps/etl/log4j2.properties"} <= names
+    assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
+    assert not [n for n in names if n.split("/")[0] not in submit.PACKAGES]
+    assert submit.package(tmp_path / "again.zip").read_bytes() == zipped.read_bytes()  # reproducible
+    # What --py-files does: the zip on the path of a Python without site-packages.
+    done = subprocess.run([sys.executable, "-S", "-c", "import sys; sys.path.insert(0, sys.argv[1]); "
+                           "import wotr_apps.etl.submit as m; print(m.__file__)", str(zipped)],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"{zipped}/wotr_apps/etl/submit.py"
+
+
+def _submit_file(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`submit.py` run as a file, as spark-submit runs its main file."""
+    path = Path(submit.__file__)
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith(("WOTR_", "MINIO_", "POSTGRES_"))}
+    return subprocess.run([sys.executable, str(path), *args], env=inherited | env, capture_output=True, text=True,
+                          timeout=120, cwd=path.parent, check=False)
+
+
+def test_the_spark_submit_entry_point_runs_as_a_file_with_wotr_etls_arguments(tmp_path: Path):
+    done = _submit_file(["--history"], {"WOTR_PROFILE": "embedded", "WOTR_DATA_DIR": str(tmp_path)})
+    assert (done.returncode, done.stdout.strip()) == (0, "no ETL runs recorded yet"), done.stderr
+    done = _submit_file(["--date", "24/11/2026"], {"WOTR_DATA_DIR": str(tmp_path)})
+    assert done.returncode == 2 and "is not a date (YYYY-MM-DD)" in done.stderr
+    done = _submit_file([], {"WOTR_PROFILE": "memory"})  # refused before Spark starts
+    assert done.returncode == 2 and "WOTR_PROFILE" in done.stderr
+    done = _submit_file([], {"WOTR_SPARK_MASTER": "spark://nowhere"})
+    assert done.returncode == 2 and "WOTR_SPARK_MASTER must be local[N]" in done.stderr
+    done = _submit_file(["--package"], {})
+    assert done.returncode == 2 and "usage" in done.stderr
+
+
+def test_the_classpath_helper_prints_the_cached_jars(tmp_path: Path, monkeypatch, capsys):
+    folder = tmp_path / "cache" / "spark-jars"
+    folder.mkdir(parents=True)
+    names = ["a-1.jar", "b-2.jar"]
+    for name in names:
+        (folder / name).write_bytes(b"jar")
+    (folder / jars.MARKER).write_text(json.dumps({"artifacts": [":".join(a) for a in jars.ARTIFACTS],
+                                                 "jars": names}))
+    monkeypatch.setenv("WOTR_CACHE_DIR", str(tmp_path / "cache"))
+    assert submit.main(["--classpath"]) == 0
+    assert capsys.readouterr().out.strip() == f"{folder / 'a-1.jar'}:{folder / 'b-2.jar'}"
+
+
+def test_make_etl_package_builds_the_zip_the_docs_hand_to_spark_submit():
+    root = Path(__file__).resolve().parents[2]
+    makefile = (root / "Makefile").read_text()
+    recipe = makefile.split("\netl-package:", 1)[1].split("\n\n", 1)[0]
+    assert "-m wotr_apps.etl.submit --package dist/wotr-etl.zip" in recipe
+    docs = (root / "docs" / "etl.md").read_text()
+    section = docs.split("\n## On a cluster\n", 1)[1].split("\n## ", 1)[0]
+    assert "make etl-package" in section
+    command = section.split("$SPARK_HOME/bin/spark-submit", 1)[1].split("```", 1)[0]
+    for part in ("--master spark://", "--conf spark.pyspark.python=", "--driver-class-path",
+                 "-m wotr_apps.etl.submit --classpath", "--py-files dist/wotr-etl.zip", "src/wotr_apps/etl/submit.py"):
+        assert part in command, part
 
 
 # -- command line ----------------------------------------------------------------------

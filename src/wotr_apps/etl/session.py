@@ -26,7 +26,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -169,7 +169,6 @@ def _ensure_java() -> None:
 def _prepare_process(conf: dict[str, str]) -> None:
     """What PySpark takes from the process rather than the conf: the Java to start, the
     executors' Python (read by the SparkContext from PYSPARK_PYTHON), the local address."""
-    warnings.filterwarnings("ignore", message="PySpark does not yet fully support pandas", category=FutureWarning)
     _ensure_java()
     os.environ["PYSPARK_PYTHON"] = conf["spark.pyspark.python"]
     if _loopback(conf["spark.driver.host"]):
@@ -226,21 +225,28 @@ def submitted_session(
     the command line. Run without spark-submit, the JVM is started here with all of
     `session_conf`, as `spark_session` does.
     """
+    warnings.filterwarnings("ignore", message="PySpark does not yet fully support pandas", category=FutureWarning)
     from pyspark import SparkConf, SparkContext
     from pyspark.sql import SparkSession
 
     from .jars import ensure_jars
 
     on_s3 = root.startswith(S3A)
-    wanted = session_conf(s3 if on_s3 else None, ensure_jars(jars_dir, say=say) if on_s3 else [], options)
+    options = options or SparkOptions()
+    jars = ensure_jars(jars_dir, say=say) if on_s3 else []
+    wanted = session_conf(s3 if on_s3 else None, jars, options)
     _prepare_process(wanted)
     # Connects to spark-submit's JVM; started with `wanted` when there is none.
     SparkContext._ensure_initialized(conf=SparkConf(loadDefaults=False).setAll(list(wanted.items())))
     given = dict(SparkConf().getAll())  # what the command line set (the JVM's spark.* properties)
+    # The settings again, for the master the command line chose: on a cluster the jars go
+    # on the executors' class path (or are shipped), in local mode as spark.jars.
+    options = replace(options, master=given.get("spark.master", options.master))
+    wanted = session_conf(s3 if on_s3 else None, jars, options)
     fill = {k: v for k, v in wanted.items() if k not in given}
     if "spark.pyspark.python" in given:
         os.environ["PYSPARK_PYTHON"] = given["spark.pyspark.python"]
-    say(f"starting Spark ({given.get('spark.master', wanted['spark.master'])}, settings of spark-submit first)")
+    say(f"starting Spark ({options.master}, settings of spark-submit first)")
     spark = SparkSession.builder.config(map=fill).getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
     if on_s3:
