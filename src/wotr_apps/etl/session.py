@@ -130,7 +130,8 @@ def session_conf(
         # The executors' Python workers: the driver's interpreter (the same version is required).
         "spark.pyspark.python": options.python,
         "spark.ui.enabled": "false",
-        "spark.ui.showConsoleProgress": "false",
+        # Spark's own progress bar per stage, on a terminal (not in logs or captured output).
+        "spark.ui.showConsoleProgress": "true" if sys.stderr.isatty() else "false",
         "spark.driver.extraJavaOptions": f"-Dlog4j2.configurationFile=file:{_log_config()}",
         "spark.sql.session.timeZone": "UTC",
         "spark.sql.shuffle.partitions": "4",
