@@ -41,11 +41,16 @@ class LoopLag:
     """How late the event loop runs what is due: a timer every `every` seconds notes by how
     much it fired late. When the loop is the bottleneck (every request costs CPU on it),
     requests wait in its ready queue and the socket's backlog where no queue of ours sees
-    them; its lag is that wait."""
+    them; its lag is that wait. `lag` is the smallest of the last `window` samples: only a
+    loop that is late at every turn counts as behind, never one pause (a GC, a slow
+    machine for an instant)."""
 
-    def __init__(self, every: float = 0.005) -> None:
+    def __init__(self, every: float = 0.005, window: int = 4) -> None:
+        from collections import deque
+
         self.every = every
         self.lag = 0.0
+        self._samples: deque[float] = deque(maxlen=window)
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -62,7 +67,8 @@ class LoopLag:
         while True:
             due = loop.time() + self.every
             await asyncio.sleep(self.every)
-            self.lag = max(0.0, loop.time() - due)
+            self._samples.append(max(0.0, loop.time() - due))
+            self.lag = min(self._samples) if len(self._samples) == self._samples.maxlen else 0.0
 
 
 def shed_early(group_commit: GroupCommit, lag: LoopLag) -> Any:
