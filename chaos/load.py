@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import re
 import threading
 import time
 from collections import Counter
@@ -37,6 +38,8 @@ class Attempt:
     started: float  # time.monotonic()
     ended: float
     kind: str  # "202", "503", ... or connect | no_answer | timeout
+    first_id: str = ""  # the (first) event id of the request
+    error: str = ""  # the client's exception, when no answer came
 
 
 @dataclass
@@ -178,7 +181,7 @@ class Load:
         event_id = f"{self.prefix}{tag}{n}"
         body = json.dumps(self._event(event_id, "single", n)).encode()
         self.ledger.state[event_id] = PENDING
-        response = await self._send(client, "/ingest", body)
+        response = await self._send(client, "/ingest", body, event_id)
         if response is None:
             self.ledger.refuse(event_id, self._last_failure.get(body, "no answer before the deadline"))
         elif response.status_code in (200, 202):
@@ -193,7 +196,7 @@ class Load:
         body = json.dumps([self._event(event_id, "batch", n) for event_id in ids]).encode()
         for event_id in ids:
             self.ledger.state[event_id] = PENDING
-        response = await self._send(client, "/ingest/batch", body)
+        response = await self._send(client, "/ingest/batch", body, ids[0])
         if response is None:
             why = self._last_failure.get(body, "no answer before the deadline")
             for event_id in ids:
@@ -217,7 +220,7 @@ class Load:
             for event_id in ids:
                 self.ledger.refuse(event_id, f"{response.status_code} {response.text[:120]}")
 
-    async def _send(self, client: httpx.AsyncClient, path: str, body: bytes) -> httpx.Response | None:
+    async def _send(self, client: httpx.AsyncClient, path: str, body: bytes, first_id: str) -> httpx.Response | None:
         """POST until a final answer (2xx or 4xx) or the deadline; None when none came."""
         self.ledger.requests += 1
         backoff = 0.2
@@ -231,16 +234,18 @@ class Load:
             retry_after = None
             which = "b" if path.endswith("batch") else "s"
             self.in_flight[which] += 1
+            error = ""
             try:
                 response = await client.post(path, content=body, headers=headers)
                 kind = str(response.status_code)
             except httpx.TransportError as exc:
                 response = None
                 kind = _kind(exc)
+                error = f"{type(exc).__name__}: {exc}"[:120]
             finally:
                 self.in_flight[which] -= 1
             ended = time.monotonic()
-            self.ledger.attempts.append(Attempt(started, ended, kind))
+            self.ledger.attempts.append(Attempt(started, ended, kind, first_id, error))
             self.ledger.statuses[kind] += 1
             if response is not None and response.status_code >= 400:
                 try:
@@ -248,7 +253,8 @@ class Load:
                     text = f"{err.get('error')}: {err.get('detail')}"
                 except ValueError:
                     text = response.text
-                self.ledger.errors[f"{response.status_code} {text}"[:140]] += 1
+                text = re.sub(r"raw/dt=\S+", "<object>", str(text))
+                self.ledger.errors[f"{response.status_code} {text}"[:160]] += 1
             if response is not None and response.status_code < 500:
                 self._last_failure.pop(body, None)
                 return response

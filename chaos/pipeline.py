@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +37,7 @@ class Proc:
     metrics_port: int | None
     started: float = field(default_factory=time.monotonic)
     doomed: bool = False  # the harness is ending it: its death is no crash
+    ready: bool = False  # it came up; only then can it crash
 
     @property
     def pid(self) -> int:
@@ -55,6 +57,8 @@ class Pipeline:
     exits: list[tuple[str, int | None, str]] = field(default_factory=list)  # (role, status, how it ended)
     extra_env: dict[str, str] = field(default_factory=dict)
     role_env: dict[str, dict[str, str]] = field(default_factory=dict)  # per-role overrides
+    _locks: dict[str, threading.Lock] = field(default_factory=dict)  # one start of a role at a time
+    _guard: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -98,6 +102,9 @@ class Pipeline:
             "WOTR_RELAY_INTERVAL_SECONDS": "0.5",
             "WOTR_CONSUMER_BATCH_SIZE": "500",
             "WOTR_CONSUMER_BATCH_SECONDS": "0.2",
+            # no read-only SQL endpoint: its default port (8123) is shared with everyone else
+            # on this machine, and two consumers would want it
+            "WOTR_SQL_PORT": "0",
             "MINIO_BUCKET": self.bucket,
             "KAFKA_TOPIC": self.topic,
             "KAFKA_PARTITIONS": str(PARTITIONS),
@@ -120,7 +127,21 @@ class Pipeline:
         return path.read_text(errors="replace") if path.exists() else ""
 
     def start(self, role: str, timeout: float = 90) -> Proc:
-        """Start `serve`, `consume-<x>` or `relay-<x>`; wait until it is ready."""
+        """Start `serve`, `consume-<x>` or `relay-<x>`; wait until it is ready.
+
+        One start of a role at a time (the supervisor and an injection may both restart
+        it): a caller that finds it already running gets that process. A process that does
+        not come up is reaped and forgotten before the error is raised.
+        """
+        with self._guard:
+            lock = self._locks.setdefault(role, threading.Lock())
+        with lock:
+            existing = self.procs.get(role)
+            if existing is not None and existing.ready and existing.alive() and not existing.doomed:
+                return existing
+            return self._start(role, timeout)
+
+    def _start(self, role: str, timeout: float) -> Proc:
         kind = role.split("-", 1)[0]
         metrics = None
         if kind == "serve":
@@ -135,7 +156,7 @@ class Pipeline:
             log.flush()
             popen = subprocess.Popen([*WOTR, *args], env=self.env(role), cwd=self.workdir, stdout=log, stderr=log,
                                      stdin=subprocess.DEVNULL, start_new_session=True)
-        proc = Proc(role, kind, popen, metrics)
+        proc = Proc(role, kind, popen, metrics, doomed=True)  # not a crash candidate until ready
         self.procs[role] = proc
 
         def ready_now() -> bool:
@@ -148,7 +169,16 @@ class Pipeline:
                     return False
             return (self.workdir / f"{role}.ready").exists()
 
-        wait_until(ready_now, timeout, f"wotr {role} to be ready", interval=0.1)
+        try:
+            wait_until(ready_now, timeout, f"wotr {role} to be ready", interval=0.1)
+        except BaseException:
+            if proc.alive():
+                os.killpg(proc.pid, signal.SIGKILL)
+            popen.wait(30)
+            if self.procs.get(role) is proc:
+                self.procs.pop(role)
+            raise
+        proc.ready, proc.doomed = True, False
         return proc
 
     def kill(self, role: str, sig: int = signal.SIGKILL) -> None:
@@ -190,12 +220,33 @@ class Pipeline:
                 self.stop(role, timeout)
             except Exception:  # noqa: BLE001 - best effort at teardown
                 pass
+        self.kill_strays()
+
+    def kill_strays(self) -> list[int]:
+        """SIGKILL any wotr process of this run still alive (its command line names this
+        run's work directory, unique to it) that the harness lost track of."""
+        mark = str(self.workdir).encode()
+        found = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit() or int(entry.name) == os.getpid():
+                continue
+            try:
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"wotr_apps.cli" in cmdline and mark in cmdline:
+                try:
+                    os.kill(int(entry.name), signal.SIGKILL)
+                    found.append(int(entry.name))
+                except ProcessLookupError:
+                    pass
+        return found
 
     def crashed(self) -> list[tuple[str, int | None]]:
         """Processes that ended by themselves (a worker loop that died exits 70)."""
         out = []
         for role, proc in list(self.procs.items()):
-            if not proc.doomed and not proc.alive():
+            if proc.ready and not proc.doomed and not proc.alive():
                 status = proc.popen.returncode
                 if self.procs.pop(role, None) is None:
                     continue

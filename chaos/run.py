@@ -20,12 +20,15 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import re
+import signal
 import subprocess
 import sys
 import threading
 import time
 import traceback
 import uuid
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -35,8 +38,8 @@ from .load import Load
 from .observe import Observer
 from .pipeline import WOTR, Pipeline
 from .reconcile import Snapshot, Verdict, read_engines, read_metadata_and_archive, read_parquet, verdict
-from .scenarios import BASE_ROLES, FULL, QUICK, Check, Ctx, Scenario
-from .stack import DEFAULT_HOME, DEFAULT_OFFSET, ChaosStack
+from .scenarios import BASE_ROLES, FULL, QUICK, Ctx, Scenario
+from .stack import DEFAULT_HOME, DEFAULT_OFFSET, ChaosStack, claim_slot, umount_under
 from .util import say, wait_until
 
 REPO = Path(__file__).resolve().parents[1]
@@ -68,6 +71,8 @@ class Result:
     retries: int = 0
     conflicts: list[str] = field(default_factory=list)
     errors: dict[str, int] = field(default_factory=dict)  # the most frequent non-2xx answers
+    deferred: int = 0  # events whose publish the API left to the relay (its log)
+    deferred_why: dict[str, int] = field(default_factory=dict)
     canaries: dict = field(default_factory=dict)
     drain: float | None = None
     dead_letters: int = 0
@@ -80,8 +85,8 @@ class Result:
 
     @property
     def failed(self) -> bool:
-        return bool(self.lost or self.duplicated or self.error or self.conflicts
-                    or any(not c["ok"] for c in self.checks))
+        return bool(self.lost or self.duplicated or self.error or self.conflicts or self.refused_partial
+                    or any(not c["ok"] and not c["finding"] for c in self.checks))
 
 
 class Supervisor:
@@ -105,7 +110,7 @@ class Supervisor:
             for role, status in self.ctx.p.crashed():
                 self.ctx.note(f"{role} ended by itself with exit status {status}; restarted by the supervisor")
                 try:
-                    self.ctx.restart(role, attempts=20)
+                    self.ctx.restart(role)
                 except Exception as e:  # noqa: BLE001
                     self.ctx.note(f"{role} could not be restarted: {e}")
 
@@ -116,6 +121,25 @@ def ensure_running(p: Pipeline, roles: tuple[str, ...] = BASE_ROLES) -> None:
         if proc is None or not proc.alive():
             p.procs.pop(role, None)
             p.start(role)
+
+
+_DEFERRED = re.compile(r"publish deferred to the outbox relay for (\d+) event\(s\): (.*)$")
+
+
+def deferred_publishes(log: Path, start: int) -> tuple[int, dict[str, int]]:
+    """Events whose publish the API left to the relay, from its log since `start`, and why."""
+    if not log.exists():
+        return 0, {}
+    with open(log, "rb") as handle:
+        handle.seek(start)
+        text = handle.read().decode(errors="replace")
+    total, why = 0, Counter()
+    for line in text.splitlines():
+        match = _DEFERRED.search(line)
+        if match:
+            total += int(match.group(1))
+            why[re.sub(r"\d+ of \d+ ", "", match.group(2))[:120]] += int(match.group(1))
+    return total, dict(why.most_common(3))
 
 
 def dead_letters(obs: Observer) -> int:
@@ -153,6 +177,8 @@ def run_scenario(scenario: Scenario, stack: ChaosStack, p: Pipeline, obs: Observ
     ctx = Ctx(stack, p, load, obs, quick)
     exits_before = len(p.exits)
     start_offsets = obs.end_offsets()
+    serve_log = p.log_path("serve")
+    log_from = serve_log.stat().st_size if serve_log.exists() else 0
     canaries_before = (len(obs.canaries), len(obs.canary_refused))
     load.start()
     with Supervisor(ctx):
@@ -201,6 +227,7 @@ def run_scenario(scenario: Scenario, stack: ChaosStack, p: Pipeline, obs: Observ
     result.canaries = {"accepted": len(obs.canaries) - canaries_before[0],
                        "refused": obs.canary_refused[canaries_before[1]:]}
     result.dead_letters = dead_letters(obs)
+    result.deferred, result.deferred_why = deferred_publishes(serve_log, log_from)
     result.notes, result.exits = ctx.notes, p.exits[exits_before:]
     result.checks = [asdict(c) for c in ctx.checks]
     say(f"  {scenario.slug}: accepted {result.accepted}, lost {len(result.lost)}, duplicated {len(result.duplicated)}, "
@@ -307,18 +334,39 @@ def machine() -> dict:
             "python": platform.python_version()}
 
 
+def rerender(results_json: Path, report_path: Path) -> int:
+    """The report of a finished run, rendered again from its results.json (same figures)."""
+    data = json.loads(results_json.read_text())
+    names = set(Result.__dataclass_fields__)
+    results = [Result(**{k: v for k, v in r.items() if k in names}) for r in data["results"]]
+    for r, raw in zip(results, data["results"]):
+        r.exits = [tuple(e) for e in r.exits]
+        if "loaded_ids" not in raw and not r.lost:  # results.json of a run before it was kept: all loaded
+            r.loaded_ids = r.accepted + r.refused_present
+    report_path.write_text(report.render(results, data["summary"]))
+    say(f"report written to {report_path} from {results_json}")
+    return 1 if any(r.failed for r in results) else 0
+
+
+def _terminated(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m chaos", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="the short form (a few scenarios, ~3-4 minutes; make test)")
     p.add_argument("--only", action="append", default=[], metavar="SLUG", help="run only this scenario (repeatable)")
     p.add_argument("--list", action="store_true", help="list the scenarios and exit")
-    p.add_argument("--stack-home", type=Path, default=DEFAULT_HOME, help="the chaos stack's home (default %(default)s)")
-    p.add_argument("--port-offset", type=int, default=DEFAULT_OFFSET, help="its port offset (default %(default)s)")
+    p.add_argument("--stack-home", type=Path, help=f"the chaos stack's home (default {DEFAULT_HOME}, or "
+                   f"{DEFAULT_HOME.name}-2, -3, -4 when another run holds it)")
+    p.add_argument("--port-offset", type=int, help=f"its port offset (default {DEFAULT_OFFSET}, +1000 per slot)")
     p.add_argument("--workdir", type=Path, help="where the processes' logs and engines go (default: under the home)")
     p.add_argument("--report", type=Path, help="write the Markdown report here (full run default: docs/reliability.md)")
     p.add_argument("--budget", type=float, help="stop starting scenarios after this many seconds")
     p.add_argument("--keep-stack", action="store_true", help="leave the chaos stack running at the end")
     p.add_argument("--skip-etl", action="store_true", help="debugging: no ETL, no Parquet check, no replay")
+    p.add_argument("--rerender", type=Path, metavar="RESULTS_JSON",
+                   help="write the report again from a run's results.json (no run); with --report")
     return p
 
 
@@ -336,17 +384,23 @@ def main(argv: list[str] | None = None) -> int:
             print(f"unknown scenario(s): {', '.join(unknown)}; see --list", file=sys.stderr)
             return 2
         matrix = [known[o] for o in args.only]
+    if args.rerender is not None:
+        return rerender(args.rerender, args.report or REPO / "docs" / "reliability.md")
     budget = args.budget or (300.0 if args.quick else 1500.0)
     report_path = args.report or (None if args.quick or args.only else REPO / "docs" / "reliability.md")
     began = time.monotonic()
     started_at = datetime.now(UTC)
-    stack = ChaosStack(args.stack_home, args.port_offset)
+    signal.signal(signal.SIGTERM, _terminated)  # so that the cleanup below runs
+    home, offset, _slot_lock = claim_slot(args.stack_home, args.port_offset)
+    stack = ChaosStack(home, offset)
     workdir = args.workdir or stack.home / "runs" / started_at.strftime("%Y%m%dT%H%M%SZ")
+    umount_under(stack.home / "runs")
     prune_runs(stack.home / "runs", keep=3)
     say(f"chaos stack: {stack.home} (port offset {stack.port_offset}); work dir {workdir}")
+    summary_stack = {"stack_home": str(stack.home).replace(str(Path.home()), "~"), "port_offset": stack.port_offset}
     results: list[Result] = []
     summary: dict = {"started": started_at.isoformat(timespec="seconds"), "mode": "quick" if args.quick else "full",
-                     "machine": machine(), "rates": RATES}
+                     "machine": machine(), "rates": RATES, **summary_stack}
     p = obs = None
     try:
         env = stack.fresh()
@@ -383,7 +437,7 @@ def main(argv: list[str] | None = None) -> int:
     summary["seconds"] = round(time.monotonic() - began, 1)
     failed = [r for r in results if r.failed] or (["replay"] if summary.get("replay", {}).get("ok") is False else [])
     (workdir / "results.json").write_text(json.dumps(
-        {"summary": summary, "results": [{k: v for k, v in asdict(r).items() if not k.endswith("_ids")}
+        {"summary": summary, "results": [{k: v for k, v in asdict(r).items() if k not in ("accepted_ids", "refused_ids")}
                                          for r in results]}, indent=2, default=str))
     text = report.render(results, summary)
     (workdir / "report.md").write_text(text)

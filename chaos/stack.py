@@ -30,6 +30,45 @@ SERVICES = ("kafka", "s3", "postgres")
 S3_TMPFS_SIZE = "512m"
 
 
+def claim_slot(home: Path | None, offset: int | None, slots: int = 4):
+    """An exclusive chaos stack for this run: (home, offset, lock handle).
+
+    Several runs at once (two people's `make test` on one machine) each get their own
+    slot: ~/.local/share/wotr-chaos with offset 20000, then wotr-chaos-2 with 21000, and
+    so on; a slot is held by an flock on `<home>.lock` until this process exits. An
+    explicit home or offset is that slot only, waited for when busy.
+    """
+    import fcntl
+
+    if home is not None or offset is not None:
+        candidates = [(Path(home or DEFAULT_HOME).expanduser(), offset if offset is not None else DEFAULT_OFFSET)]
+    else:
+        candidates = [(DEFAULT_HOME if k == 0 else DEFAULT_HOME.with_name(f"{DEFAULT_HOME.name}-{k + 1}"),
+                       DEFAULT_OFFSET + 1000 * k) for k in range(slots)]
+    for blocking in (False, True):
+        for slot_home, slot_offset in candidates:
+            slot_home.parent.mkdir(parents=True, exist_ok=True)
+            handle = open(slot_home.with_name(slot_home.name + ".lock"), "a")
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+            except BlockingIOError:
+                handle.close()
+                continue
+            return slot_home, slot_offset, handle
+        say(f"every chaos stack slot is in use; waiting for {candidates[0][0]}")
+        candidates = candidates[:1]
+    raise RuntimeError("unreachable")
+
+
+def umount_under(path: Path) -> None:
+    """Unmount whatever a killed run left mounted below `path` (read-only engine binds)."""
+    root = str(path.resolve())
+    with open("/proc/self/mounts") as mounts:
+        targets = [line.split()[1] for line in mounts if len(line.split()) > 1]
+    for target in sorted((t for t in targets if t.startswith(root + "/")), key=len, reverse=True):
+        subprocess.run(["umount", target], capture_output=True)
+
+
 def _mounted(path: Path) -> bool:
     target = str(path.resolve())
     with open("/proc/self/mounts") as mounts:
