@@ -13,7 +13,6 @@ import asyncio
 import os
 from collections.abc import Iterable, Mapping
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -34,8 +33,6 @@ _SETTING_VARIABLES = {var.target.replace(".", "_"): var.name for var in VARIABLE
 def _text(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, Path):
-        return str(value)
     return str(value)
 
 
@@ -55,6 +52,11 @@ def settings_for(profile: str | None = None, env: Mapping[str, str] | None = Non
         if named is not None and named in settings:
             raise ConfigError(named, e.problem) from e
         raise
+
+
+def _event(payload: Mapping[str, Any], **fields: Any) -> IngestRequest:
+    """One event from `ingest`'s arguments, checked as an HTTP body would be."""
+    return _request({"payload": dict(payload), **{k: v for k, v in fields.items() if v is not None}})
 
 
 def _request(event: Mapping[str, Any] | IngestRequest) -> IngestRequest:
@@ -92,11 +94,7 @@ class Platform:
         timestamp: datetime | str | None = None,
     ) -> Receipt:
         """Accept one event; `Receipt.duplicate` is True for a repeated id with the same content."""
-        body: dict[str, Any] = {"payload": dict(payload)}
-        for name, value in (("id", id), ("source", source), ("type", type), ("timestamp", timestamp)):
-            if value is not None:
-                body[name] = value
-        return self._service.ingest(_request(body))
+        return self._service.ingest(_event(payload, id=id, source=source, type=type, timestamp=timestamp))
 
     def ingest_many(self, events: Iterable[Mapping[str, Any]]) -> list[Receipt | WotrError]:
         """Accept a batch (one archive object); each event is answered by its receipt or by the
@@ -148,11 +146,7 @@ class AsyncPlatform:
 
     async def ingest(self, payload: Mapping[str, Any], *, id: str | None = None, source: str | None = None,  # noqa: A002
                      type: str | None = None, timestamp: datetime | str | None = None) -> Receipt:  # noqa: A002
-        body: dict[str, Any] = {"payload": dict(payload)}
-        for name, value in (("id", id), ("source", source), ("type", type), ("timestamp", timestamp)):
-            if value is not None:
-                body[name] = value
-        request = _request(body)
+        request = _event(payload, id=id, source=source, type=type, timestamp=timestamp)
         await self._ensure_started()
         return await self._commit.submit(request)
 

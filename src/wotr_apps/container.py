@@ -322,16 +322,16 @@ class Container(containers.DeclarativeContainer):
 
     # The ports a process uses, by role: its readiness checks them, and resolving the map
     # starts them (a process starts its adapters by asking for this, not as a side effect).
+    pipeline_ports = providers.Dict(object_store=object_store, metadata_repo=metadata_repo, event_bus=event_bus,
+                                    analytics_sink=analytics_sink)
     ports = providers.Selector(
         role,
         # The API alone on the local profile reads analytics through the consumer: whether
         # the consumer runs is not the API's readiness (`/analytics/latest` says 503 itself).
         serve=providers.Selector(
             analytics_mode,
-            memory=providers.Dict(object_store=object_store, metadata_repo=metadata_repo, event_bus=event_bus,
-                                  analytics_sink=analytics_sink),
-            engine=providers.Dict(object_store=object_store, metadata_repo=metadata_repo, event_bus=event_bus,
-                                  analytics_sink=analytics_sink),
+            memory=pipeline_ports,
+            engine=pipeline_ports,
             reader=providers.Dict(object_store=object_store, metadata_repo=metadata_repo, event_bus=event_bus),
         ),
         consume=providers.Dict(event_bus=event_bus, analytics_sink=analytics_sink),
