@@ -242,20 +242,21 @@ def _shutdown(results: list[Any]) -> list[str]:
                 "this run exited 0 (both consumers are stopped after every scenario, and one leaves mid-load in "
                 "`consumer-rebalance`); the reconciliation found nothing lost behind them."]
     if relays:
-        out += [f"- **Relay** (`wotr relay`), SIGTERM: it finishes its batch (publish, mark) and exits 0 "
-                f"({ok(relays)} stops exited 0)."]
+        out += [f"- **Relay** (`wotr relay`), SIGTERM: it finishes the batch in hand (published and marked, or its "
+                f"publish failed and its lease released) and exits 0 ({ok(relays)} stops exited 0)."]
     for slug, c in lease:
-        out += [f"  Its lease is **not** released (`{slug}`): {c['detail']}. The rows it claimed in a batch "
-                "whose publish failed stay leased, across its restart, until the lease (60 s) expires; nothing is "
-                "lost, they wait. Releasing needs a `release(ids)` on the `MetadataRepo` port (every adapter), "
-                "called by `OutboxRelay` when a publish fails and when it stops: outside this change."]
+        verdict = "released" if c["ok"] else "**not** released (**failed**)"
+        out += [f"  Its lease is {verdict} (`{slug}`): {c['detail']}. A batch whose publish fails gives its lease "
+                "back (`MetadataRepo.release`) before the relay backs off, and a relay that stops with a batch in "
+                "hand releases its claim, so the rows can be claimed again at once; only a release that cannot reach "
+                "PostgreSQL leaves them to wait for the lease (60 s) to expire."]
     out += ["- **A worker loop that dies** ends its process with status 70 (`EXIT_WORKER_CRASHED`, unit-tested); "
             "the harness supervises like `Restart=on-failure`: "
             + ("; ".join(f"`{slug}`: {role} ended by itself with status {status}" for slug, role, status in crashed)
                if crashed else "no wotr process ended by itself in this run") + "."]
     for slug, note in refusals[:3]:
-        out += [f"- `{slug}`: {note} (`wotr consume` exits 3 when Kafka does not answer at start-up: a "
-                "supervisor has to retry it)."]
+        out += [f"- `{slug}`: {note} (a process that exits before it is ready is started again by the harness, "
+                "as by a supervisor; `wotr consume` itself waits for Kafka at start-up instead of exiting)."]
     return out + [""]
 
 

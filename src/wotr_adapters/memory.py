@@ -231,6 +231,16 @@ class InMemoryMetadataRepo(_Switchable):
                 self._leases[r.id] = now + timedelta(seconds=lease_seconds)
             return due
 
+    def release(self, event_ids: Sequence[str]) -> int:
+        with self._lock:
+            self._up()
+            released = 0
+            for i in set(event_ids):
+                row = self.rows.get(i)
+                if row is not None and row.status is EventStatus.STORED and self._leases.pop(i, None) is not None:
+                    released += 1
+            return released
+
     def received_between(self, start: datetime, end: datetime) -> Iterator[EventMetadata]:
         with self._lock:
             self._up()

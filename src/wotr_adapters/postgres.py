@@ -9,25 +9,21 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING
 
-from wotr_domain.errors import NotFound, Refused, Unavailable
+from wotr_domain.errors import NotFound
 from wotr_domain.models import EventMetadata, EventStatus, Recorded
 
 from .connections import PostgresConnection
+from .postgres_common import Migrations, OnPooledSchema, PooledSchema, utc
 
 if TYPE_CHECKING:
-    from psycopg import Cursor
-    from psycopg.rows import TupleRow
     from psycopg_pool import ConnectionPool
 
 __all__ = ["PostgresMetadataRepo", "postgres_pool"]
 
 log = logging.getLogger(__name__)
-
-DEPENDENCY = "postgresql"
 
 # Each entry is one schema version; never edit a released entry, append a new one.
 MIGRATIONS: list[list[str]] = [
@@ -92,18 +88,14 @@ def postgres_pool(
     )
 
 
-def _utc(value: datetime | None) -> datetime | None:
-    return None if value is None else value.astimezone(UTC)
-
-
 def _row(r: tuple) -> EventMetadata:
     return EventMetadata(
-        id=r[0], object_key=r[1], size=r[2], checksum=r[3], received_at=_utc(r[4]),
-        status=EventStatus(r[5]), published_at=_utc(r[6]), source=r[7], type=r[8], line=r[9], fingerprint=r[10],
+        id=r[0], object_key=r[1], size=r[2], checksum=r[3], received_at=utc(r[4]),
+        status=EventStatus(r[5]), published_at=utc(r[6]), source=r[7], type=r[8], line=r[9], fingerprint=r[10],
     )
 
 
-class PostgresMetadataRepo:
+class PostgresMetadataRepo(OnPooledSchema):
     """Table `<schema>.event_metadata`.
 
     `pool` is a psycopg pool, or a function building one (e.g. `partial(postgres_pool,
@@ -114,14 +106,15 @@ class PostgresMetadataRepo:
     def __init__(
         self, pool: ConnectionPool | Callable[[], ConnectionPool], *, schema: str = "public", start_timeout: float = 10.0
     ) -> None:
-        from psycopg import sql
-
-        self._make_pool = pool if callable(pool) else None
-        self._pool: ConnectionPool | None = None if callable(pool) else pool
+        self._db = PooledSchema(
+            pool, schema=schema, start_timeout=start_timeout, what="repository", log=log, closes_given_pool=True,
+            migrations=Migrations("metadata", "schema_version", MIGRATIONS),
+        )
+        self._cursor = self._db.cursor
         self.schema = schema
         self.start_timeout = start_timeout
-        self._sql = sql
-        table = sql.Identifier(schema, "event_metadata")
+        sql = self._db.sql
+        table = self._db.table("event_metadata")
         q = lambda text: sql.SQL(text).format(table=table, columns=sql.SQL(_COLUMNS))  # noqa: E731
         self._insert = q(
             "INSERT INTO {table} ({columns}) SELECT * FROM unnest("
@@ -141,6 +134,10 @@ class PostgresMetadataRepo:
             'ORDER BY recorded_at, id COLLATE "C" LIMIT %(limit)s FOR UPDATE SKIP LOCKED) '
             "RETURNING {columns}"
         )
+        self._release = q(
+            "UPDATE {table} SET lease_until = NULL "
+            "WHERE id = ANY(%s) AND status = 'stored' AND lease_until IS NOT NULL"
+        )
         self._received = q(
             "SELECT {columns} FROM {table} WHERE received_at >= %s AND received_at < %s "
             'ORDER BY object_key COLLATE "C", line NULLS FIRST'
@@ -154,102 +151,7 @@ class PostgresMetadataRepo:
         self._count_all = q("SELECT count(*) FROM {table}")
         self._count_status = q("SELECT count(*) FROM {table} WHERE status = %s")
 
-    # -- lifecycle -----------------------------------------------------------------
-
-    def start(self) -> None:
-        """Open the pool, waiting at most `start_timeout` for a connection, and migrate.
-
-        The wait is a checkout rather than `open(wait=True)`, which closes the pool on
-        timeout: a pool given built stays usable, so a failed start can be retried.
-        """
-        from psycopg_pool import PoolClosed, PoolTimeout
-
-        if self._pool is None or (self._make_pool is not None and self._pool.closed):
-            self._pool = self._make_pool()
-        try:
-            self._pool.open()
-            with self._cursor(timeout=self.start_timeout) as cur:
-                self._migrate(cur)
-        except PoolClosed as e:  # a pool given built and closed since
-            raise Unavailable(DEPENDENCY, f"the connection pool is closed: {e}") from e
-        except Unavailable as e:
-            timed_out = isinstance(e.__cause__, PoolTimeout)
-            detail = f"no connection within {self.start_timeout:g}s: {self._probe()}" if timed_out else ""
-            if self._make_pool is not None:  # ours to rebuild: stop its reconnect attempts
-                self._pool.close()
-            if timed_out:
-                raise Unavailable(DEPENDENCY, detail) from e.__cause__
-            raise
-
-    def _probe(self) -> str:
-        """Why the pool could not connect: one direct attempt names the real cause."""
-        import psycopg
-
-        try:
-            psycopg.connect(self._pool.conninfo, **self._pool.kwargs).close()
-        except psycopg.Error as e:
-            return str(e).strip()
-        return "connection pool did not fill"
-
-    def _migrate(self, cur: Cursor[TupleRow]) -> None:
-        sql = self._sql
-        schema = sql.Identifier(self.schema)
-        cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"wotr-metadata-migrations:{self.schema}",))
-        cur.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (self.schema,))
-        if cur.fetchone() is None:  # even IF NOT EXISTS needs CREATE on the database
-            cur.execute(sql.SQL("CREATE SCHEMA {}").format(schema))
-        versions = sql.Identifier(self.schema, "schema_version")
-        cur.execute(sql.SQL(
-            "CREATE TABLE IF NOT EXISTS {} (version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
-        ).format(versions))
-        cur.execute(sql.SQL("SELECT coalesce(max(version), 0) FROM {}").format(versions))
-        current = cur.fetchone()[0]
-        for version, statements in enumerate(MIGRATIONS[current:], start=current + 1):
-            for statement in statements:
-                cur.execute(sql.SQL(statement).format(schema=schema))
-            cur.execute(sql.SQL("INSERT INTO {} (version) VALUES (%s)").format(versions), (version,))
-            log.info("metadata schema %s migrated to version %d", self.schema, version)
-
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.close()
-
-    def check(self) -> None:
-        with self._cursor(timeout=min(self.start_timeout, 3.0)) as cur:
-            cur.execute("SELECT 1")
-
-    @contextmanager
-    def _cursor(self, *, timeout: float | None = None) -> Iterator[Cursor[TupleRow]]:
-        """A cursor in one transaction on a pooled connection (committed when the block
-        ends, rolled back on error).
-
-        Data the server will never take (`DataError`, `IntegrityError`: e.g. a NUL
-        character in text) becomes `Refused`; connection, pool, server-state and resource
-        errors become `Unavailable`; a programming error is a bug and is raised as it is.
-        """
-        import psycopg
-        from psycopg_pool import PoolClosed, PoolTimeout
-
-        if self._pool is None:
-            raise Unavailable(DEPENDENCY, "repository not started")
-        committing = False
-        try:
-            with self._pool.connection(timeout=timeout) as conn:
-                with conn.cursor() as cur:
-                    yield cur
-                committing = True  # leaving the connection block commits
-        except PoolClosed as e:
-            raise Unavailable(DEPENDENCY, "repository not started or already closed") from e
-        except PoolTimeout as e:
-            raise Unavailable(DEPENDENCY, f"no connection available: {e}") from e
-        except (psycopg.DataError, psycopg.IntegrityError) as e:
-            raise Refused(DEPENDENCY, f"{type(e).__name__}: {str(e).strip()}") from e
-        except (psycopg.ProgrammingError, psycopg.NotSupportedError):
-            raise
-        except psycopg.Error as e:
-            raise Unavailable(DEPENDENCY, f"{type(e).__name__}: {str(e).strip()}", uncertain=committing) from e
-
-    # -- operations ----------------------------------------------------------------
+    # -- operations (start, close and check: `OnPooledSchema`) -------------------------
 
     def record(self, items: Sequence[EventMetadata]) -> list[Recorded]:
         if not items:
@@ -307,6 +209,13 @@ class PostgresMetadataRepo:
             cur.execute(self._claim, {"lease": lease_seconds, "older": older_than, "limit": limit})
             rows = [_row(r) for r in cur.fetchall()]
         return sorted(rows, key=lambda r: (r.received_at, r.id))  # RETURNING has no order
+
+    def release(self, event_ids: Sequence[str]) -> int:
+        if not event_ids:
+            return 0
+        with self._cursor() as cur:
+            cur.execute(self._release, (list(dict.fromkeys(event_ids)),))
+            return cur.rowcount
 
     def received_between(self, start: datetime, end: datetime) -> Iterator[EventMetadata]:
         with self._cursor() as cur:

@@ -133,17 +133,19 @@ class SqliteMetadataRepo:
         with self._db.transaction() as conn:
             return self._find(conn, event_ids)
 
-    def mark_published(self, event_ids: Sequence[str], at: datetime) -> int:
-        ids = list(dict.fromkeys(event_ids))
-        if not ids:
+    def _update_each(self, statement: str, rows: list[tuple]) -> int:
+        """Run `statement` once per parameter row, in one transaction; returns rows changed."""
+        if not rows:
             return 0
         with self._db.transaction() as conn:
-            cur = conn.executemany(
-                "UPDATE event_metadata SET status = 'published', published_at = ?, lease_until = NULL "
-                "WHERE id = ? AND status = 'stored'",
-                [(to_text(at), i) for i in ids],
-            )
-            return cur.rowcount
+            return conn.executemany(statement, rows).rowcount
+
+    def mark_published(self, event_ids: Sequence[str], at: datetime) -> int:
+        return self._update_each(
+            "UPDATE event_metadata SET status = 'published', published_at = ?, lease_until = NULL "
+            "WHERE id = ? AND status = 'stored'",
+            [(to_text(at), i) for i in dict.fromkeys(event_ids)],
+        )
 
     def claim_pending(self, limit: int, older_than: datetime, lease_seconds: float) -> list[EventMetadata]:
         now = datetime.now(older_than.tzinfo)
@@ -157,6 +159,13 @@ class SqliteMetadataRepo:
             until = to_text(now + timedelta(seconds=lease_seconds))
             conn.executemany("UPDATE event_metadata SET lease_until = ? WHERE id = ?", [(until, r[0]) for r in rows])
         return sorted((_row(r) for r in rows), key=lambda m: (m.received_at, m.id))
+
+    def release(self, event_ids: Sequence[str]) -> int:
+        return self._update_each(
+            "UPDATE event_metadata SET lease_until = NULL "
+            "WHERE id = ? AND status = 'stored' AND lease_until IS NOT NULL",
+            [(i,) for i in dict.fromkeys(event_ids)],
+        )
 
     def received_between(self, start: datetime, end: datetime) -> Iterator[EventMetadata]:
         rows = self._db.query(

@@ -4,6 +4,10 @@ shutdown on SIGTERM/SIGINT and a readiness line on stdout.
 A worker thread that crashes takes its process down: the process shuts down gracefully
 and exits with `EXIT_WORKER_CRASHED` (70, EX_SOFTWARE), so that a supervisor sees the
 failure and restarts it, instead of a process that looks healthy while nothing runs.
+
+`wotr consume` waits for its dependencies at start-up: while Kafka (or a ClickHouse
+server) does not answer, it logs why and tries again with backoff, for as long as it
+takes, until SIGTERM/SIGINT stops it (exit 0); it is ready once they answer.
 """
 
 from __future__ import annotations
@@ -17,14 +21,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .container import Container
-from .workers import WorkerThread, describe
+from wotr_domain.errors import Unavailable
 
-__all__ = ["EXIT_WORKER_CRASHED", "run_until_signalled", "serve", "tune_gc_for_batches"]
+from .container import Container
+from .workers import Backoff, WorkerThread, describe
+
+__all__ = ["EXIT_WORKER_CRASHED", "WAITS_AT_START", "run_until_signalled", "serve", "tune_gc_for_batches"]
 
 log = logging.getLogger(__name__)
 
 EXIT_WORKER_CRASHED = 70  # EX_SOFTWARE: an internal error, not a configuration or an outage
+
+# The roles that wait for a dependency down at start-up instead of exiting with status 3.
+WAITS_AT_START = frozenset({"consume"})
 
 
 def _exit_status(workers: list[WorkerThread]) -> int:
@@ -104,14 +113,13 @@ def run_until_signalled(container: Container, *, metrics_port: int, ready_file: 
     the foreground until SIGTERM or SIGINT, or until it crashes; then stop it cleanly.
     Returns the exit status: 0, or `EXIT_WORKER_CRASHED`.
 
-    Metrics are served on 127.0.0.1:`metrics_port` (0: not served).
+    Metrics are served on 127.0.0.1:`metrics_port` (0: not served). A role in
+    `WAITS_AT_START` waits for its dependencies first (`_start_ports`); stopped meanwhile,
+    it returns 0 without having been ready.
     """
     role = container.role()
-    worker: WorkerThread = container.consumer() if role == "consume" else container.relay()
     telemetry = container.telemetry()
-    ports = container.ports()
     stopped = threading.Event()
-    worker.on_crash = lambda _worker: stopped.set()
 
     def _stop(signum: int, _frame: object) -> None:
         log.info("received signal %d, stopping", signum)
@@ -119,6 +127,12 @@ def run_until_signalled(container: Container, *, metrics_port: int, ready_file: 
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    started = _start_ports(container, role, stopped)
+    if started is None:
+        container.shutdown_resources()
+        return 0
+    worker, ports = started
+    worker.on_crash = lambda _worker: stopped.set()
     if metrics_port:
         telemetry.serve(metrics_port, host=container.settings().metrics_host)
     telemetry.start_sampling(ports, repo=ports.get("metadata_repo"))
@@ -138,3 +152,35 @@ def run_until_signalled(container: Container, *, metrics_port: int, ready_file: 
     if ready_file is not None:
         ready_file.unlink(missing_ok=True)
     return _exit_status([worker])
+
+
+def _start_ports(container: Container, role: str, stopped: threading.Event) -> tuple[WorkerThread, dict] | None:
+    """Start the role's ports, then build its worker; returns both.
+
+    A port that is down (`Unavailable`) is raised at once, unless the role is in
+    `WAITS_AT_START`: then the attempt is logged and repeated with backoff until every
+    port answers, or returns None as soon as `stopped` is set (a signal that comes during
+    an attempt is seen when the attempt ends: a Kafka attempt lasts at most its request
+    timeout, 5 s). The ports come first so that a failed attempt leaves no consumer-group
+    member behind.
+    """
+    backoff = Backoff(start=0.5, cap=10.0)
+    attempts = 0
+    while not stopped.is_set():
+        try:
+            ports = container.ports()
+            worker: WorkerThread = container.consumer() if role == "consume" else container.relay()
+            if attempts:
+                log.info("%s: its dependencies answer after %d failed attempt(s); starting", role, attempts)
+            return worker, ports
+        except Unavailable as e:
+            if role not in WAITS_AT_START:
+                raise
+            if stopped.is_set():
+                break
+            attempts += 1
+            delay = backoff.next()
+            log.warning("%s: cannot start yet (attempt %d), retrying in %.1fs: %s", role, attempts, delay, e)
+            stopped.wait(delay)
+    log.info("%s: stopped before its dependencies answered", role)
+    return None

@@ -2,7 +2,10 @@
 
 Both stop promptly when their stop event is set. The consumer never drops a batch it
 polled: when the sink is down it retries the same batch with backoff, and if stopped
-meanwhile it leaves the batch uncommitted, so the bus delivers it again.
+meanwhile it leaves the batch uncommitted, so the bus delivers it again. The relay never
+leaves a claim behind when it stops: a batch that failed has given its lease back already,
+and one still in hand when the loop ends (or when the thread does not end in time) is
+released (`OutboxRelay.release_claim`), so another relay can take its rows at once.
 
 A loop that raises anything else (a bug, not an outage) ends its `WorkerThread`, which
 records the error and calls its `on_crash` hook: the process entry points stop and exit
@@ -151,17 +154,24 @@ class _PollAhead:
 
 
 def run_relay(relay: OutboxRelay, stop: threading.Event, *, interval: float, batch_size: int = 1000) -> None:
+    """Publish overdue batches until `stop` is set; a batch in hand is finished first. An
+    outage (`Unavailable`: the relay has released the batch's lease) is waited out with
+    backoff; anything else propagates and ends the worker. Whatever ends the loop, the
+    claim of a batch still in hand is released."""
     backoff = Backoff(start=interval, cap=max(interval, 30.0))
-    while not stop.is_set():
-        try:
-            published = relay.run_once(batch_size)
-            backoff.reset()
-        except Unavailable as e:
-            log.warning("relay: %s", e)
-            stop.wait(backoff.next())
-            continue
-        if published == 0:
-            stop.wait(interval)
+    try:
+        while not stop.is_set():
+            try:
+                published = relay.run_once(batch_size)
+                backoff.reset()
+            except Unavailable as e:
+                log.warning("relay: %s", e)
+                stop.wait(backoff.next())
+                continue
+            if published == 0:
+                stop.wait(interval)
+    finally:
+        relay.release_claim()
 
 
 class WorkerThread:
@@ -171,7 +181,13 @@ class WorkerThread:
     crashed: `error` keeps what ended it, `check()` raises `Unavailable` naming it (for
     readiness), and `on_crash(worker)` is called from the dying thread (the process entry
     points use it to shut the process down with a non-zero exit).
+
+    When `stop()` gives up waiting for the thread, `on_abandon()` (if given) is called, on
+    a helper thread waited for at most `ABANDON_TIMEOUT` seconds, to give back what the
+    loop holds (the relay: its claim) before the process goes on without it.
     """
+
+    ABANDON_TIMEOUT = 5.0
 
     def __init__(
         self,
@@ -179,10 +195,12 @@ class WorkerThread:
         target: Callable[[threading.Event], None],
         *,
         on_crash: Callable[[WorkerThread], None] | None = None,
+        on_abandon: Callable[[], object] | None = None,
     ) -> None:
         self.name = name
         self.stop_event = threading.Event()
         self.on_crash = on_crash
+        self.on_abandon = on_abandon
         self.error: BaseException | None = None
         self._target = target
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
@@ -223,6 +241,19 @@ class WorkerThread:
     def stop(self, timeout: float = 10.0) -> None:
         self.stop_event.set()
         self._thread.join(timeout)
+        if not self._thread.is_alive():
+            return
+        log.warning("worker %s did not stop within %gs; going on without it", self.name, timeout)
+        if self.on_abandon is not None:
+            helper = threading.Thread(target=self._abandon, name=f"{self.name}-abandon", daemon=True)
+            helper.start()
+            helper.join(self.ABANDON_TIMEOUT)
+
+    def _abandon(self) -> None:
+        try:
+            self.on_abandon()
+        except Exception:
+            log.exception("worker %s: giving back what it holds failed", self.name)
 
 
 def consumer_worker(loader: AnalyticsLoader, settings: Any, on_lag: Callable[[dict[int, int]], None] | None) -> WorkerThread:
@@ -237,4 +268,9 @@ def consumer_worker(loader: AnalyticsLoader, settings: Any, on_lag: Callable[[di
 
 
 def relay_worker(relay: OutboxRelay, settings: Any) -> WorkerThread:
-    return WorkerThread("wotr-relay", lambda stop: run_relay(relay, stop, interval=settings.relay_interval_seconds))
+    """The relay thread; a stop that cannot wait for its batch releases the batch's claim."""
+    return WorkerThread(
+        "wotr-relay",
+        lambda stop: run_relay(relay, stop, interval=settings.relay_interval_seconds),
+        on_abandon=relay.release_claim,
+    )

@@ -110,8 +110,19 @@ class MetadataRepo(Lifecycle, Protocol):
         time: a large batch can take longer to archive than the grace period, and its rows
         must not be republished while the API is still publishing them.
 
-        A leased row is not handed to another caller until the lease expires, so several
-        relays can run at once without publishing the same rows in parallel.
+        A leased row is not handed to another caller until the lease expires (or is
+        `release`d), so several relays can run at once without publishing the same rows
+        in parallel.
+        """
+
+    def release(self, event_ids: Sequence[str]) -> int:
+        """Clear the lease of those of `event_ids` that are still `stored` and hold one
+        (expired or not), in one round trip; returns how many it released.
+
+        A released row can be claimed again at once (`claim_pending`). Published rows and
+        unknown ids are left alone and not counted. A caller releases only rows it claimed
+        itself and whose lease has not expired: the lease is not tied to its holder, so a
+        release after expiry would clear another caller's claim of the same rows.
         """
 
     def received_between(self, start: datetime, end: datetime) -> Iterator[EventMetadata]:

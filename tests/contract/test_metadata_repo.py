@@ -113,6 +113,44 @@ def test_an_expired_lease_makes_rows_claimable_again(metadata_repo):
     assert metadata_repo.claim_pending(10, cutoff, lease_seconds=60) == []
 
 
+def test_released_rows_are_claimable_again_at_once(metadata_repo):
+    metadata_repo.record([meta(f"r-{i}", T0 + timedelta(seconds=i)) for i in range(3)])
+    time.sleep(0.05)
+    cutoff = datetime.now(UTC)
+    claimed = metadata_repo.claim_pending(10, cutoff, lease_seconds=60)
+    assert [r.id for r in claimed] == ["r-0", "r-1", "r-2"]
+    assert metadata_repo.claim_pending(10, cutoff, lease_seconds=60) == []  # leased: not claimable until released
+    assert metadata_repo.release(["r-0", "r-2"]) == 2
+    assert [r.id for r in metadata_repo.claim_pending(10, cutoff, lease_seconds=60)] == ["r-0", "r-2"]
+    assert metadata_repo.claim_pending(10, cutoff, lease_seconds=60) == []
+    assert metadata_repo.release(["r-0", "r-0", "r-1", "r-2"]) == 3  # each row once
+    assert metadata_repo.release(["r-1"]) == 0  # no lease left to release
+    assert [r.id for r in metadata_repo.claim_pending(10, cutoff, lease_seconds=60)] == ["r-0", "r-1", "r-2"]
+    assert {r.status for r in metadata_repo.find(["r-0", "r-1", "r-2"]).values()} == {EventStatus.STORED}
+
+
+def test_release_never_touches_published_rows(metadata_repo):
+    metadata_repo.record([meta("rp-1"), meta("rp-2")])
+    time.sleep(0.05)
+    cutoff = datetime.now(UTC)
+    assert len(metadata_repo.claim_pending(10, cutoff, lease_seconds=60)) == 2
+    at = T0 + timedelta(seconds=5)
+    metadata_repo.mark_published(["rp-1"], at)
+    assert metadata_repo.release(["rp-1", "rp-2"]) == 1
+    row = metadata_repo.get("rp-1")
+    assert (row.status, row.published_at) == (EventStatus.PUBLISHED, at)
+    assert [r.id for r in metadata_repo.claim_pending(10, cutoff, lease_seconds=60)] == ["rp-2"]
+    assert metadata_repo.count(EventStatus.PUBLISHED) == 1
+
+
+def test_release_of_unknown_ids_returns_zero(metadata_repo):
+    assert metadata_repo.release([]) == 0
+    assert metadata_repo.release(["no-such-event", "nor-this-one"]) == 0
+    metadata_repo.record([meta("ru-1")])
+    assert metadata_repo.release(["ru-1", "no-such-event"]) == 0  # stored, but it holds no lease
+    assert metadata_repo.count() == 1
+
+
 def test_published_rows_are_never_pending(metadata_repo):
     metadata_repo.record([meta("d-1")])
     metadata_repo.mark_published(["d-1"], T0)
@@ -129,6 +167,8 @@ def test_an_unreachable_repo_raises_unavailable(down_metadata_repo):
         down_metadata_repo().get("u-1")
     with pytest.raises(Unavailable):
         down_metadata_repo().check()
+    with pytest.raises(Unavailable):
+        down_metadata_repo().release(["u-1"])
 
 
 def test_the_line_of_a_batch_object_round_trips(metadata_repo):

@@ -394,6 +394,41 @@ def test_wotr_consume_exits_70_when_its_loop_crashes(tmp_path):
     assert not ready.exists()
 
 
+def test_wotr_consume_waits_for_kafka_at_start_and_stops_promptly_on_sigterm(tmp_path):
+    """Kafka does not answer at start-up (a closed loopback port): `wotr consume` does not
+    exit (it used to exit 3) but logs and retries with backoff, not ready; SIGTERM still
+    stops it promptly with status 0."""
+    pytest.importorskip("confluent_kafka")
+    ready = tmp_path / "consume.ready"
+    log_path = tmp_path / "consume.log"
+    env = _env(tmp_path, WOTR_PROFILE="local", KAFKA_BOOTSTRAP=f"127.0.0.1:{_free_port()}", WOTR_SQL_PORT="0",
+               CLICKHOUSE_DSN=f"chdb://{tmp_path / 'ch'}")
+    with open(log_path, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "wotr_apps.cli", "consume", "--metrics-port", "0", "--ready-file", str(ready)],
+            env=env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT,
+        )
+    try:
+        retries = lambda: log_path.read_text(errors="replace").count("consume: cannot start yet")  # noqa: E731
+        wait_for(lambda: retries() >= 2 or proc.poll() is not None, timeout=60, what="two logged attempts")
+        assert proc.poll() is None, log_path.read_text(errors="replace")[-3000:]
+        assert "kafka is unavailable" in log_path.read_text(errors="replace")
+        assert not ready.exists()
+        began = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        status = proc.wait(timeout=30)
+        took = time.monotonic() - began
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    output = log_path.read_text(errors="replace")
+    assert status == 0, output[-3000:]
+    assert took < 15, f"{took:.1f}s from SIGTERM to exit"
+    assert "stopped before its dependencies answered" in output
+    assert "ready" not in output.splitlines() and not ready.exists()
+
+
 def test_wotr_serve_shuts_down_with_70_when_a_worker_crashes(tmp_path):
     port = _free_port()
     proc = subprocess.Popen(

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from datetime import timedelta
+
 import pytest
 
+from wotr_apps.workers import WorkerThread, run_relay
 from wotr_domain.errors import Unavailable
 from wotr_domain.models import BusMessage, EventStatus, IngestRequest
-from wotr_domain.services import AnalyticsLoader
+from wotr_domain.services import AnalyticsLoader, OutboxRelay
 
 
 def test_loader_writes_rows_and_commits(ingest, loader, sink, bus):
@@ -103,3 +108,162 @@ def test_relay_republishes_the_right_line_of_a_batch_object(ingest, relay, bus, 
     lines = store.get(results[0].object_key).split(b"\n")
     assert sorted((m.key, m.value) for m in bus.messages()) == sorted((r.id, lines[r.line]) for r in results)
     assert repo.count(EventStatus.PUBLISHED) == 4
+
+
+# -- the relay gives its lease back ----------------------------------------------------
+
+
+def _backlog(ingest, bus, clock, n: int = 3) -> set[str]:
+    """`n` events left `stored` by a bus outage, past the relay's grace period."""
+    bus.outage = True
+    ids = {ingest.ingest(IngestRequest(payload={"n": i})).id for i in range(n)}
+    bus.outage = False
+    clock.advance(11)
+    return ids
+
+
+def _another_relay(repo, store, bus, clock) -> OutboxRelay:
+    return OutboxRelay(repo, store, bus, grace=timedelta(seconds=10), clock=clock)
+
+
+def test_a_failed_publish_leaves_the_rows_claimable_at_once_by_another_relay(ingest, relay, bus, repo, clock, store):
+    ids = _backlog(ingest, bus, clock)
+    bus.outage = True
+    with pytest.raises(Unavailable):
+        relay.run_once()
+    bus.outage = False
+    assert {r.id for r in repo.rows.values() if r.status is EventStatus.STORED} == ids
+    # no wait for the 60 s lease: the clock has not moved
+    assert _another_relay(repo, store, bus, clock).run_once() == 3
+    assert {m.key for m in bus.messages()} == ids
+    assert repo.count(EventStatus.PUBLISHED) == 3
+
+
+def test_a_failed_mark_releases_the_claim_too(ingest, relay, bus, repo, clock, store, monkeypatch):
+    ids = _backlog(ingest, bus, clock)
+
+    def mark_fails(event_ids, at):
+        raise Unavailable("metadata repo", "simulated: the mark failed")
+
+    monkeypatch.setattr(repo, "mark_published", mark_fails)
+    with pytest.raises(Unavailable, match="the mark failed"):
+        relay.run_once()
+    monkeypatch.undo()
+    assert {r.id for r in repo.claim_pending(10, clock.now, lease_seconds=60)} == ids
+
+
+def test_a_release_that_fails_is_logged_and_the_lease_expires_as_before(ingest, relay, bus, repo, clock, store,
+                                                                         monkeypatch, caplog):
+    """PostgreSQL goes down between the publish and the mark: neither the mark nor the
+    release reaches it; the relay raises the mark's error and the rows wait for their lease."""
+    _backlog(ingest, bus, clock)
+    publish = bus.publish
+
+    def publish_then_the_repo_goes_down(messages):
+        publish(messages)
+        repo.outage = True
+
+    monkeypatch.setattr(bus, "publish", publish_then_the_repo_goes_down)
+    with caplog.at_level("WARNING"), pytest.raises(Unavailable, match="simulated outage"):
+        relay.run_once()
+    assert "the lease of 3 claimed rows was not released" in caplog.text
+    repo.outage = False
+    monkeypatch.undo()
+    assert repo.count(EventStatus.STORED) == 3
+    other = _another_relay(repo, store, bus, clock)
+    assert other.run_once() == 0  # still leased
+    clock.advance(61)
+    assert other.run_once() == 3  # published again once the lease expired
+
+
+def test_nothing_is_released_once_the_lease_has_expired(ingest, relay, bus, repo, clock, monkeypatch):
+    """After its lease expired another relay may hold the rows: releasing would clear its claim."""
+    _backlog(ingest, bus, clock)
+    released = []
+    monkeypatch.setattr(repo, "release", lambda ids: released.append(ids) or len(ids))
+
+    def slow_failing_publish(messages):
+        clock.advance(61)
+        raise Unavailable("event bus", "simulated: no delivery report")
+
+    monkeypatch.setattr(bus, "publish", slow_failing_publish)
+    with pytest.raises(Unavailable):
+        relay.run_once()
+    assert released == []
+
+
+def test_a_faulty_event_keeps_its_lease_when_the_batch_is_released(ingest, relay, bus, repo, clock, store):
+    """An event whose bytes are missing is reported once per lease, not at every turn."""
+    ids = _backlog(ingest, bus, clock)
+    missing = sorted(ids)[0]
+    del store.objects[repo.get(missing).object_key]
+    bus.outage = True
+    with pytest.raises(Unavailable):
+        relay.run_once()
+    bus.outage = False
+    assert {r.id for r in repo.claim_pending(10, clock.now, lease_seconds=60)} == ids - {missing}
+
+
+def _blocking_publish(bus, release: threading.Event, *, fail: bool):
+    """A publish that waits for `release`, then fails (`fail`) or publishes."""
+    publish = bus.publish
+    started = threading.Event()
+
+    def blocked(messages):
+        started.set()
+        release.wait(10)
+        if fail:
+            raise Unavailable("event bus", "simulated: no delivery report")
+        publish(messages)
+
+    bus.publish = blocked
+    return started
+
+
+def test_stopping_the_relay_while_its_publish_fails_releases_the_batch(ingest, relay, bus, repo, clock, store):
+    """SIGTERM while Kafka is down: the stop waits for the batch in hand, whose publish
+    fails; its rows are claimable at once when the worker has stopped."""
+    ids = _backlog(ingest, bus, clock)
+    worker = WorkerThread("wotr-relay", lambda s: run_relay(relay, s, interval=0.01), on_abandon=relay.release_claim)
+    started = _blocking_publish(bus, worker.stop_event, fail=True)  # fails once the stop is asked for
+    worker.start()
+    assert started.wait(5)
+    worker.stop(timeout=5)
+    assert not worker.is_alive() and worker.error is None
+    assert {r.id for r in repo.claim_pending(10, clock.now, lease_seconds=60)} == ids
+
+
+def test_a_stop_that_cannot_wait_for_the_batch_releases_its_claim(ingest, relay, bus, repo, clock, store):
+    """The batch outlasts the stop's wait (its publish hangs): the claim is released
+    anyway, so another relay publishes the rows at once."""
+    ids = _backlog(ingest, bus, clock)
+    hang = threading.Event()
+    started = _blocking_publish(bus, hang, fail=False)
+    worker = WorkerThread("wotr-relay", lambda s: run_relay(relay, s, interval=0.01), on_abandon=relay.release_claim)
+    worker.start()
+    try:
+        assert started.wait(5)
+        began = time.monotonic()
+        worker.stop(timeout=0.2)
+        assert worker.is_alive() and time.monotonic() - began < 5
+        assert {r.id for r in repo.claim_pending(10, clock.now, lease_seconds=60)} == ids
+    finally:
+        hang.set()
+        worker.stop(timeout=5)
+    assert not worker.is_alive()
+
+
+def test_a_relay_loop_that_crashes_releases_its_claim(ingest, relay, bus, repo, clock):
+    ids = _backlog(ingest, bus, clock)
+
+    def broken_publish(messages):
+        raise RuntimeError("a bug, not an outage")
+
+    bus.publish = broken_publish
+    worker = WorkerThread("wotr-relay", lambda s: run_relay(relay, s, interval=0.01))
+    worker.start()
+    deadline = time.monotonic() + 5
+    while worker.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert isinstance(worker.error, RuntimeError)
+    assert {r.id for r in repo.claim_pending(10, clock.now, lease_seconds=60)} == ids
