@@ -341,7 +341,7 @@ class Container(containers.DeclarativeContainer):
     )
     group_commit = providers.Singleton(
         GroupCommit,
-        ingest_service.provided.ingest_many,
+        ingest_service.provided.accept_many,  # answered once durable; the publish follows
         max_queued=providers.Callable(lambda s: s.ingest_queue_max, settings),
         max_wait=providers.Callable(lambda s: s.ingest_max_wait_ms / 1000, settings),
         observer=telemetry.provided.ingest,

@@ -35,7 +35,7 @@ def test_requests_that_arrive_during_a_flush_go_out_together(ingest, store, repo
     gated = Gated(ingest)
 
     async def scenario():
-        commit = GroupCommit(gated, flushes=1)
+        commit = GroupCommit(gated, flushes=1, max_wait=10)  # grouping, not shedding, under test
         await commit.start()
         first = asyncio.create_task(commit.submit(IngestRequest(id="first", payload={})))
         await asyncio.sleep(0.05)  # the first flush is in progress, held at the gate

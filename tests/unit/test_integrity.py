@@ -190,7 +190,7 @@ def test_stopping_the_group_commit_answers_every_waiting_request(ingest):
         return ingest.ingest_many(items)
 
     async def scenario():
-        commit = GroupCommit(slow, flushes=1)
+        commit = GroupCommit(slow, flushes=1, max_wait=10)  # stopping, not shedding, under test
         await commit.start()
         first = asyncio.create_task(commit.submit(IngestRequest(payload={"n": 0})))
         await asyncio.sleep(0.05)  # the only slot is busy: the next ones wait in the collector

@@ -33,7 +33,7 @@ from .auth import INGEST_GUARDS, WriteKeys
 from .errors import EXCEPTION_HANDLERS
 from .ingest import ingest_batch, ingest_one
 from .limits import RateLimiter, rate_limit_headers
-from .edge import IngestEdge, LoopLag, shed_early
+from .edge import Admission, IngestEdge, LoopLag, shed_early
 from .http_metrics import HttpMetrics
 from .metrics import metrics_route
 from .openapi import contract_openapi_config
@@ -105,7 +105,7 @@ def create_app(parts: ApiParts) -> Litestar:
         if rate_limiter is not None:
             await rate_limiter.start()  # where the buckets live
         await group_commit.start()
-        await loop_lag.start()
+        await admission.start()  # from now on the server may refuse before reading
         if telemetry is not None:
             telemetry.start_sampling(ports, repo=ports.get("metadata_repo"), etl_history=parts.run_history())
         for worker in workers:
@@ -114,7 +114,7 @@ def create_app(parts: ApiParts) -> Litestar:
         try:
             yield
         finally:
-            await loop_lag.stop()
+            await admission.stop()
             await group_commit.stop()
             for worker in workers:
                 await anyio.to_thread.run_sync(worker.stop)
@@ -128,14 +128,14 @@ def create_app(parts: ApiParts) -> Litestar:
     cors = cors_config(settings.cors_origins)
     origins = OriginPolicy(cors)  # the tracking routes refuse other browser origins
     edge = IngestEdge(parts.ingest, group_commit, limits, batch_slots, origins)
-    loop_lag = LoopLag()
+    admission = Admission(group_commit, LoopLag())
     plugins: list[Any] = []
     middleware: list[Any] = []
     if telemetry is not None:
         routes.append(metrics_route(telemetry))
         middleware.append(HttpMetrics(telemetry.provider.get_meter("wotr.http"),
                                       lambda scope: route_details(scope)[0], exclude=("/metrics",)))
-    middleware.append(shed_early(group_commit, loop_lag))  # inside the metrics: shed requests are measured too
+    middleware.append(shed_early(admission))  # inside the metrics: shed requests are measured too
 
     return Litestar(
         route_handlers=routes,

@@ -8,14 +8,18 @@ object instead, built once per application.
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
+
+from wotr_domain.errors import Overloaded
 from wotr_domain.services import GroupCommit, IngestService
 from wotr_domain.services.group_commit import InFlightLimit
 
-__all__ = ["IngestEdge"]
+__all__ = ["Admission", "IngestEdge", "LoopLag", "admission_on", "refusal_body", "shed_early"]
 
 
 @dataclass
@@ -71,26 +75,65 @@ class LoopLag:
             self.lag = min(self._samples) if len(self._samples) == self._samples.maxlen else 0.0
 
 
-def shed_early(group_commit: GroupCommit, lag: LoopLag) -> Any:
-    """ASGI middleware: while the writes are behind (`GroupCommit.overloaded`) or the event
-    loop runs later than the same bound (`LoopLag`), a `POST /ingest` is answered 503 before
+class Admission:
+    """Whether a request is refused before it is read: `POST /ingest` while the writes are
+    behind (`GroupCommit.overloaded`) or the event loop runs later than the same bound
+    (`LoopLag`). Asked twice over: by the server's protocol as a request's headers complete
+    (`admission_on`: the refusal then costs no ASGI request cycle at all) and by the
+    `shed_early` middleware (servers without that protocol, pipelined requests)."""
+
+    def __init__(self, group_commit: GroupCommit, lag: LoopLag, paths: frozenset[str] = _SHED_PATHS) -> None:
+        self.group_commit = group_commit
+        self.lag = lag
+        self.paths = paths
+        self.raw_paths = frozenset(p.encode() for p in paths)
+
+    def refusal(self) -> Overloaded | None:
+        """The refusal of one more request to a shed path now (counted as shed), or None."""
+        return self.group_commit.refuse_if_overloaded(late=self.lag.lag)
+
+    async def start(self) -> None:
+        """Watch the loop's lag and answer for this loop's server from now on."""
+        await self.lag.start()
+        _ON_LOOP[asyncio.get_running_loop()] = self
+
+    async def stop(self) -> None:
+        _ON_LOOP.pop(asyncio.get_running_loop(), None)
+        await self.lag.stop()
+
+
+# One application serves per event loop: a server's protocol finds its admission by loop.
+_ON_LOOP: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Admission] = weakref.WeakKeyDictionary()
+
+
+def admission_on(loop: asyncio.AbstractEventLoop) -> Admission | None:
+    """The admission of the application serving on `loop`, once its lifespan started."""
+    return _ON_LOOP.get(loop)
+
+
+def refusal_body(refused: Overloaded) -> tuple[bytes, bytes]:
+    """The 503's JSON body and its Retry-After value: one shape wherever it is answered."""
+    body = msgspec.json.encode({"status_code": 503, "error": "overloaded", "detail": str(refused)})
+    return body, str(max(1, round(refused.retry_after))).encode()
+
+
+def shed_early(admission: Admission) -> Any:
+    """ASGI middleware: a `POST /ingest` the admission refuses is answered 503 before
     routing, its body drained unread, so a refusal costs the loop microseconds instead of a
     full request's work and the client's connection stays usable."""
-    import msgspec
 
     def middleware(app: Any) -> Any:
         async def shed(scope: Any, receive: Any, send: Any) -> None:
-            if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in _SHED_PATHS:
-                refused = group_commit.refuse_if_overloaded(late=lag.lag)
+            if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in admission.paths:
+                refused = admission.refusal()
                 if refused is not None:
                     more = True
                     while more:  # drain what the client sends (bounded by the server's own limits)
                         message = await receive()
                         more = message.get("more_body", False) and message["type"] == "http.request"
-                    body = msgspec.json.encode({"status_code": 503, "error": "overloaded", "detail": str(refused)})
-                    retry = str(max(1, round(refused.retry_after)))
+                    body, retry = refusal_body(refused)
                     await send({"type": "http.response.start", "status": 503, "headers": [
-                        (b"content-type", b"application/json"), (b"retry-after", retry.encode()),
+                        (b"content-type", b"application/json"), (b"retry-after", retry),
                         (b"content-length", str(len(body)).encode())]})
                     await send({"type": "http.response.body", "body": body})
                     return

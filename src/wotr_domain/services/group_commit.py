@@ -14,9 +14,11 @@ What it changes in the archive: events flushed together share one NDJSON object
 own object (`wotr_domain.archive`). The receipt and the metadata row name the object and
 the line either way.
 
-Backpressure: a request is refused when the oldest one waiting for a flush slot has
-waited longer than `max_wait` seconds (the queue then holds more than the writes can take
-in that time), or when `max_queued` events wait already. Then `submit` raises `Overloaded` at once:
+Backpressure: a request is refused when the oldest one not yet answered (waiting for a
+flush slot, or in a flush) has waited longer than `max_wait` seconds (the writes then take
+longer than that: more arrives than they can take), or when `max_queued` events wait
+already. A flush takes at most `max_events` events, so that its own duration, which grows
+with its size, stays a small part of an accepted event's wait. Then `submit` raises `Overloaded` at once:
 the caller answers "retry later" (the API: 503 with Retry-After) instead of making the
 client wait behind seconds of queued work, and the shed request is reported to the
 observer. `InFlightLimit` is the same bound for work that is not queued here (the API's
@@ -26,6 +28,7 @@ batches): a slot is taken without waiting, or refused with `Overloaded`.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from collections import deque
@@ -34,14 +37,20 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
 
-from ..errors import Overloaded, Unavailable, WotrError
+from ..errors import Overloaded, Unavailable
 from ..models import IngestRequest, Receipt
 from .observer import IngestObserver, NullObserver
 
-__all__ = ["DEFAULT_MAX_QUEUED", "GroupCommit", "InFlightLimit"]
+__all__ = ["DEFAULT_MAX_QUEUED", "GroupCommit", "InFlightLimit", "Written"]
 
-DEFAULT_MAX_QUEUED = 2000  # events waiting for a flush slot: two full flushes
-DEFAULT_MAX_WAIT = 0.05  # seconds the oldest queued request may wait before new ones are refused
+log = logging.getLogger(__name__)
+
+# What a flush's write returns: the answers, or the answers and a step to run after them.
+Written = list[Any] | tuple[list[Any], Callable[[], None]]
+
+DEFAULT_MAX_QUEUED = 2000  # events waiting for a flush slot
+DEFAULT_MAX_WAIT = 0.05  # seconds the oldest unanswered request may wait before new ones are refused
+DEFAULT_MAX_EVENTS = 200  # events in one flush
 SHED_RETRY_AFTER = 1.0  # seconds a shed client is told to wait
 
 
@@ -83,28 +92,31 @@ class InFlightLimit:
 class GroupCommit:
     def __init__(
         self,
-        ingest_many: Callable[[Sequence[IngestRequest]], list[Receipt | WotrError]],
+        write: Callable[[Sequence[IngestRequest]], Written],
         *,
         flushes: int = 4,
-        max_events: int = 1000,
+        max_events: int = DEFAULT_MAX_EVENTS,
         max_queued: int = DEFAULT_MAX_QUEUED,
         max_wait: float = DEFAULT_MAX_WAIT,
         observer: IngestObserver | None = None,
         retry_after: float = SHED_RETRY_AFTER,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        """`ingest_many` is `IngestService.ingest_many` (blocking; run on this policy's own
-        threads, one per flush slot, so it never competes with the caller's thread pool).
-        `max_queued` bounds the events waiting for a slot (at least 1)."""
+        """`write` is `IngestService.accept_many` or `ingest_many` (blocking; run on this
+        policy's own threads, one per flush slot, so it never competes with the caller's
+        thread pool): the answers, or the answers and a step to run once they are given
+        (the publish), still holding the flush's slot. `max_queued` bounds the events
+        waiting for a slot (at least 1)."""
         if max_queued < 1:
             raise ValueError("max_queued must be at least 1")
-        self._ingest_many = ingest_many
+        self._write = write
         self._flushes = flushes
         self._max_events = max_events
         self.max_queued = max_queued
         self.max_wait = max_wait
         self._clock = clock
-        self._waiting_since: deque[float] = deque()  # when each queued request arrived, oldest first
+        # When each unanswered request arrived, oldest first (answered ones leave from the left).
+        self._unanswered: deque[tuple[float, asyncio.Future[Any]]] = deque()
         self._observer = observer or NullObserver()
         self._retry_after = retry_after
         self._queue: asyncio.Queue[tuple[IngestRequest, asyncio.Future[Any]]] | None = None
@@ -143,7 +155,7 @@ class GroupCommit:
         for _, future in batch:
             if not future.done():
                 future.set_result(Unavailable("api", "shutting down"))
-        self._waiting_since.clear()
+        self._unanswered.clear()
 
     async def submit(self, request: IngestRequest) -> Receipt:
         if self._queue is None:
@@ -159,7 +171,7 @@ class GroupCommit:
             raise Overloaded(
                 "api", f"{self.max_queued} events are waiting to be written already", retry_after=self._retry_after
             ) from None
-        self._waiting_since.append(self._clock())
+        self._unanswered.append((self._clock(), future))
         answer = await future
         if isinstance(answer, BaseException):
             raise answer
@@ -180,9 +192,12 @@ class GroupCommit:
 
     @property
     def overloaded(self) -> bool:
-        """True while the oldest waiting request has waited longer than `max_wait`: a
+        """True while the oldest unanswered request has waited longer than `max_wait`: a
         driving adapter may refuse new work before even reading it."""
-        return bool(self._waiting_since) and self._clock() - self._waiting_since[0] > self.max_wait
+        unanswered = self._unanswered
+        while unanswered and unanswered[0][1].done():
+            unanswered.popleft()
+        return bool(unanswered) and self._clock() - unanswered[0][0] > self.max_wait
 
     @property
     def queued(self) -> int:
@@ -200,24 +215,27 @@ class GroupCommit:
                 raise
             while len(batch) < self._max_events and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
-            for _ in batch:  # they leave the queue: their wait is over
-                if self._waiting_since:
-                    self._waiting_since.popleft()
             task = asyncio.create_task(self._flush(batch))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
 
     async def _flush(self, batch: list[tuple[IngestRequest, asyncio.Future[Any]]]) -> None:
         assert self._slots is not None
+        loop = asyncio.get_running_loop()
+        after: Callable[[], None] | None = None
         try:
-            loop = asyncio.get_running_loop()
-            answers: list[Any] = await loop.run_in_executor(self._executor, self._ingest_many, [r for r, _ in batch])
-        except WotrError as e:
-            answers = [e] * len(batch)
-        except Exception as e:  # answered as a 500 by the framework, never left hanging
-            answers = [e] * len(batch)
+            try:
+                written = await loop.run_in_executor(self._executor, self._write, [r for r, _ in batch])
+                answers, after = written if isinstance(written, tuple) else (written, None)
+            except Exception as e:  # a WotrError, or answered as a 500 by the framework: never left hanging
+                answers = [e] * len(batch)
+            for (_, future), answer in zip(batch, answers, strict=True):
+                if not future.done():
+                    future.set_result(answer)
+            if after is not None:
+                try:
+                    await loop.run_in_executor(self._executor, after)
+                except Exception:  # the events stay `stored`: the outbox relay publishes them
+                    log.exception("the step after a flush failed; its events are left to the outbox relay")
         finally:
             self._slots.release()
-        for (_, future), answer in zip(batch, answers, strict=True):
-            if not future.done():
-                future.set_result(answer)

@@ -1,8 +1,9 @@
 """Ingest: archive the raw event, record its metadata, publish it, mark it published.
 
 Steps 1-2 (object, metadata) are the durability point: once both succeed the event is
-accepted. Publishing is best-effort in the request path; an event whose publish failed
-stays `stored` and the outbox relay publishes it later, so nothing accepted is lost.
+accepted. Publishing is best-effort, in the call (`ingest`, `ingest_many`) or as a step
+after the answer (`accept_many`, what the group commit uses); an event whose publish
+failed stays `stored` and the outbox relay publishes it later, so nothing accepted is lost.
 
 Concurrent attempts for one client id never share an object key (`wotr_domain.archive`):
 the attempt whose metadata row is recorded first is the event, the others remove their
@@ -140,7 +141,7 @@ class IngestService:
         except WotrError:
             self._observer.rejected(1)
             raise
-        (answer,) = self._accept([prepared])
+        (answer,), _ = self._accept([prepared], publish=True)
         if isinstance(answer, WotrError):
             raise answer
         return answer
@@ -153,6 +154,29 @@ class IngestService:
         already an error stays one. `Unavailable` aborts the whole call: nothing of it
         is accepted.
         """
+        answers, _ = self._many(items, publish=True)
+        return answers
+
+    def accept_many(self, items: Sequence[IngestRequest | WotrError]) -> tuple[list[Answer], Callable[[], None]]:
+        """`ingest_many` up to the durability point, and its publish as a separate step.
+
+        The answers come as soon as the objects and the metadata are durable (new events'
+        receipts say `stored`); the returned step publishes the new events and marks them
+        published. A caller that answers its clients first (the group commit) keeps the
+        bus's delivery wait and the mark out of their latency; if the step fails, or never
+        runs (the process dies), the events stay `stored` and the outbox relay publishes
+        them, as after any failed publish.
+        """
+        answers, pending = self._many(items, publish=False)
+
+        def publish() -> None:
+            self._publish(pending)
+
+        return answers, publish
+
+    def _many(
+        self, items: Sequence[IngestRequest | WotrError], *, publish: bool
+    ) -> tuple[list[Answer], list[tuple[_Prepared, Receipt]]]:
         answers: dict[int, Answer] = {}
         prepared: list[tuple[int, _Prepared]] = []
         received_at = self._clock()  # one reception time: the batch is one object, on one date
@@ -165,10 +189,10 @@ class IngestService:
                 answers[index] = e
         if answers:
             self._observer.rejected(len(answers))
-        accepted = self._accept([p for _, p in prepared]) if prepared else []
+        accepted, pending = self._accept([p for _, p in prepared], publish=publish) if prepared else ([], [])
         for (index, _), answer in zip(prepared, accepted, strict=True):
             answers[index] = answer
-        return [answers[i] for i in range(len(items))]
+        return [answers[i] for i in range(len(items))], pending
 
     def ingest_batch(self, items: Sequence[IngestRequest | InvalidEvent]) -> list[BatchItemResult]:
         """`ingest_many`, answered as per-item results in input order."""
@@ -199,13 +223,17 @@ class IngestService:
         )
         return _Prepared(event, body, content, client_id=request.id is not None)
 
-    def _accept(self, batch: list[_Prepared]) -> list[Answer]:
-        """Answers in input order: the first item of each id decides, repeats follow it."""
+    def _accept(self, batch: list[_Prepared], *, publish: bool) -> tuple[list[Answer], list[tuple[_Prepared, Receipt]]]:
+        """Answers in input order: the first item of each id decides, repeats follow it.
+
+        With `publish` the new events are published (and their receipts say so) before
+        answering; else they are returned, still to be published."""
         # Only a client's id can already exist: a fresh UUIDv7 needs no lookup (one round trip less).
         client_ids = [p.event.id for p in batch if p.client_id]
         existing = self._repo.find(client_ids) if client_ids else {}
         first: dict[str, _Prepared] = {}
         fresh: list[_Prepared] = []
+        pending: list[tuple[_Prepared, Receipt]] = []
         answers: dict[str, Answer] = {}
         for p in batch:
             if p.event.id in first:
@@ -217,11 +245,13 @@ class IngestService:
                 fresh.append(p)
         if fresh:
             answers.update(self._store_and_record(fresh))
-            new = [p for p in fresh if _is_new(answers[p.event.id])]
-            published = self._publish([(p, answers[p.event.id]) for p in new])
-            for p in new:
-                if p.event.id in published:
-                    answers[p.event.id] = msgspec.structs.replace(answers[p.event.id], status=EventStatus.PUBLISHED)
+            pending = [(p, answers[p.event.id]) for p in fresh if _is_new(answers[p.event.id])]
+            if publish:
+                published = self._publish(pending)
+                for p, _ in pending:
+                    if p.event.id in published:
+                        answers[p.event.id] = msgspec.structs.replace(answers[p.event.id], status=EventStatus.PUBLISHED)
+                pending = []
         out: list[Answer] = []
         for p in batch:
             answer = answers[p.event.id]
@@ -229,7 +259,7 @@ class IngestService:
                 answer = _repeat(answer, first[p.event.id], p)
             out.append(answer)
         self._count(out, sum(len(p.body) for p in fresh if _is_new(answers[p.event.id])))
-        return out
+        return out, pending
 
     def _count(self, answers: list[Answer], new_bytes: int) -> None:
         new = sum(1 for a in answers if isinstance(a, Receipt) and not a.duplicate)
