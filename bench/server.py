@@ -66,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         log_level="info",
         access_log=settings.access_log if args.access_log is None else args.access_log,
         timeout_graceful_shutdown=10,
+        timeout_keep_alive=settings.keep_alive_seconds,
     )
     return 0
 

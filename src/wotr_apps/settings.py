@@ -307,6 +307,8 @@ VARIABLES: tuple[Variable, ...] = (
              "header_read_timeout_seconds"),
     Variable("WOTR_BODY_READ_TIMEOUT_SECONDS", "10", _number(0.1), "longest a request body may send nothing",
              "body_read_timeout_seconds"),
+    Variable("WOTR_KEEP_ALIVE_SECONDS", "75", _number(1.0), "how long an idle client connection stays open",
+             "keep_alive_seconds"),
     Variable("WOTR_ACCESS_LOG", "false", _flag, "log one line per HTTP request (costs ~60 µs each)", "access_log"),
     Variable("WOTR_SQL_PORT", "8123", _integer(0), "read-only SQL endpoint of the process owning the analytics engine "
              "(0: off)", "sql_port"),
@@ -320,8 +322,8 @@ VARIABLES: tuple[Variable, ...] = (
              "rate_limit_burst"),
     Variable("WOTR_INGEST_QUEUE_MAX", "2000", _integer(1), "events waiting for a write before POST /ingest sheds (503)",
              "ingest_queue_max"),
-    Variable("WOTR_INGEST_MAX_WAIT_MS", "50", _number(1.0),
-             "longest the oldest queued event may wait before POST /ingest sheds new ones (503)", "ingest_max_wait_ms"),
+    Variable("WOTR_INGEST_MAX_WAIT_MS", "20", _number(1.0),
+             "write latency target: POST /ingest sheds (503) while events stay unanswered longer (for 50 ms running, or at once within 1 s of a shed)", "ingest_max_wait_ms"),
     Variable("WOTR_BATCHES_IN_FLIGHT_MAX", "8", _integer(1), "batches in flight before POST /ingest/batch sheds (503)",
              "batches_in_flight_max"),
     Variable("WOTR_CONSUMER_BATCH_SIZE", "5000", _integer(1), "consumer batch size", "consumer_batch_size"),
@@ -424,6 +426,7 @@ class Settings:
     max_header_bytes: int = 64 * 1024
     header_read_timeout_seconds: float = 10.0
     body_read_timeout_seconds: float = 10.0
+    keep_alive_seconds: float = 75.0
     access_log: bool = False
     sql_port: int = 8123
     require_write_key: bool = False
@@ -431,7 +434,7 @@ class Settings:
     rate_limit_per_second: float = 0.0
     rate_limit_burst: int = 0
     ingest_queue_max: int = 2000
-    ingest_max_wait_ms: float = 50.0
+    ingest_max_wait_ms: float = 20.0
     batches_in_flight_max: int = 8
     consumer_batch_size: int = 5_000
     consumer_batch_seconds: float = 0.2

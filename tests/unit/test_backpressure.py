@@ -8,12 +8,14 @@ still held at its gate, so nothing was waited for.
 from __future__ import annotations
 
 import asyncio
-import time
+import socket
 import threading
-from contextlib import asynccontextmanager
+import time
+from collections.abc import Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 
 import httpx
-
+import msgspec
 import pytest
 from dependency_injector import providers
 
@@ -33,8 +35,10 @@ class Gated:
         self.ingest_many = ingest_many
         self.gate = threading.Event()
         self.entered = threading.Event()
+        self.calls = 0
 
     def __call__(self, items):
+        self.calls += 1
         self.entered.set()
         assert self.gate.wait(10), "the test never opened the gate"
         return self.ingest_many(items)
@@ -80,9 +84,10 @@ async def serving(app):
         await lifespan
 
 
-async def until(event: threading.Event) -> None:
+async def until(event: threading.Event | Callable[[], bool]) -> None:
+    ready = event.is_set if isinstance(event, threading.Event) else event
     for _ in range(500):
-        if event.is_set():
+        if ready():
             return
         await asyncio.sleep(0.01)
     raise AssertionError("the flush never started")
@@ -216,38 +221,60 @@ def test_the_bounds_are_settings_with_defaults():
     assert container.group_commit().max_queued == 5 and container.batch_slots().limit == 3
 
 
-def test_once_the_oldest_waits_longer_than_max_wait_new_requests_are_refused_at_once(ingest, repo):
-    """The bound in time: how long the queue makes a request wait, not how many wait."""
+def test_a_standing_queue_is_refused_a_slow_write_is_not(ingest, repo):
+    """The bound in time, after CoDel: requests are refused once the oldest unanswered one
+    has been older than max_wait for `standing` seconds running, not on one slow write;
+    after a refusal, any sojourn above max_wait refuses at once for a second."""
     gated, shed = Gated(ingest.ingest_many), Shed()
     now = [0.0]
 
     async def scenario():
-        commit = GroupCommit(gated, flushes=1, max_queued=1000, max_wait=0.05, observer=shed, clock=lambda: now[0])
+        commit = GroupCommit(gated, flushes=1, max_queued=1000, max_wait=0.05, standing=0.05, observer=shed,
+                             clock=lambda: now[0])
         await commit.start()
-        first = asyncio.create_task(commit.submit(IngestRequest(id="first", payload={})))
-        await until(gated.entered)  # the only flush slot is held: what comes now waits
-        waiting = [asyncio.create_task(commit.submit(IngestRequest(id=f"w-{i}", payload={}))) for i in range(3)]
+        submit = lambda i: asyncio.create_task(commit.submit(IngestRequest(id=i, payload={})))  # noqa: E731
+        first = submit("first")
+        await until(gated.entered)  # the only flush slot is held: the first stays unanswered
+        taken = [submit("w-0")]
         await asyncio.sleep(0)
+        now[0] += 0.049
+        assert not commit.overloaded  # within the bound
+        now[0] += 0.002  # 51 ms: above the bound, but not for long yet (one slow write)
         assert not commit.overloaded
-        now[0] += 0.049  # within the bound: still taken
-        waiting.append(asyncio.create_task(commit.submit(IngestRequest(id="w-3", payload={}))))
+        taken.append(submit("w-1"))
         await asyncio.sleep(0)
-        now[0] += 0.002  # the oldest has now waited 51 ms
-        assert commit.overloaded
+        now[0] += 0.049  # above for 49 ms running
+        assert not commit.overloaded
+        now[0] += 0.002  # ... for 51 ms: a standing queue
         with pytest.raises(Overloaded) as refused:
             await commit.submit(IngestRequest(id="late", payload={}))
         gated.gate.set()
-        answers = await asyncio.gather(first, *waiting)
-        await asyncio.sleep(0.05)
-        assert not commit.overloaded  # the queue drained: taken again
-        again = await commit.submit(IngestRequest(id="after", payload={}))
+        answers = await asyncio.gather(first, *taken)
+        assert not commit.overloaded  # nothing unanswered: taken again
+        gated.gate.clear()
+        calls = gated.calls
+        second = submit("second")
+        await until(lambda: gated.calls == calls + 1)
+        now[0] += 0.06  # above the bound, not for 50 ms running, but 0.06 s after the refusal: strict
+        strict = commit.overloaded
+        gated.gate.set()
+        await second
+        now[0] += 1.0  # a second later the first rule applies again
+        gated.gate.clear()
+        third = submit("third")
+        await until(lambda: gated.calls == calls + 2)
+        now[0] += 0.06
+        relaxed = commit.overloaded
+        gated.gate.set()
+        await third
         await commit.stop()
-        return refused.value, answers, again
+        return refused.value, answers, strict, relaxed
 
-    refused, answers, again = asyncio.run(scenario())
+    refused, answers, strict, relaxed = asyncio.run(scenario())
     assert "wait longer than 50 ms" in str(refused) and refused.retry_after == 1.0
-    assert all(isinstance(a, Receipt) for a in answers) and isinstance(again, Receipt)
-    assert shed.events == 1 and "late" not in repo.rows
+    assert all(isinstance(a, Receipt) for a in answers) and "late" not in repo.rows
+    assert strict and not relaxed
+    assert shed.events == 1
 
 
 def test_while_behind_the_api_refuses_before_reading_the_body():
@@ -255,7 +282,8 @@ def test_while_behind_the_api_refuses_before_reading_the_body():
     gated = Gated(container.ingest_service().ingest_many)
     now = [0.0]
     container.group_commit.override(providers.Singleton(
-        GroupCommit, gated, flushes=1, max_wait=0.05, clock=lambda: now[0], observer=container.telemetry().ingest))
+        GroupCommit, gated, flushes=1, max_wait=0.05, standing=0.0, clock=lambda: now[0],
+        observer=container.telemetry().ingest))
 
     async def scenario():
         async with serving(container.app()) as client:
@@ -316,3 +344,110 @@ def test_the_loop_lag_watch_sees_a_loop_late_at_every_turn_not_one_pause():
     calm, after_one_pause, busy = asyncio.run(scenario())
     assert calm < 0.05 and after_one_pause < 0.05
     assert busy > 0.05
+
+
+# -- refused at the connection ---------------------------------------------------------------
+
+
+class Switched(GroupCommit):
+    """The real group commit, told to shed by the test (the policy itself is tested above)."""
+
+    shed_now = False
+
+    def refuse_if_overloaded(self, late: float = 0.0) -> Overloaded | None:
+        if self.shed_now:
+            self._observer.shed(1)
+            return Overloaded("api", "the writes are behind (test)", retry_after=1.0)
+        return super().refuse_if_overloaded(late)
+
+
+@contextmanager
+def uvicorn_serving(container) -> Iterator[int]:
+    """`wotr serve`'s server (the hardened protocol) in a thread on a free loopback port."""
+    from wotr_apps.api.server import build_server
+
+    server = build_server(container.app(), container.settings(), log_level="warning")
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline and thread.is_alive():
+        time.sleep(0.02)
+    assert server.started
+    try:
+        yield sock.getsockname()[1]
+    finally:
+        server.should_exit = True
+        thread.join(15)
+        sock.close()
+
+
+def read_answer(stream) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP/1.1 answer from `stream` (a socket's buffered reader: answers may share a read)."""
+    status = stream.readline()
+    assert status, "connection closed before an answer"
+    headers = {}
+    while (line := stream.readline()) not in (b"\r\n", b""):
+        name, _, value = line.decode().partition(":")
+        headers[name.lower()] = value.strip()
+    return int(status.split()[1]), headers, stream.read(int(headers.get("content-length", "0")))
+
+
+def post(path: str, body: bytes, *extra: bytes) -> bytes:
+    return (b"POST %s HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: %d\r\n%s\r\n"
+            % (path.encode(), len(body), b"".join(h + b"\r\n" for h in extra))) + body
+
+
+def http_count(text: str, status: str) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("http_server_request_duration_seconds_count{")
+               and f'http_response_status_code="{status}"' in line and 'POST /ingest"' in line)
+
+
+@pytest.fixture
+def switched():
+    container = build_container(Settings.from_env({"WOTR_PROFILE": "memory"}), with_workers=False)
+    container.group_commit.override(providers.Singleton(
+        Switched, container.ingest_service.provided.accept_many, observer=container.telemetry.provided.ingest))
+    return container
+
+
+def test_the_server_refuses_at_the_connection_and_keeps_it_alive(switched):
+    """While shedding, `POST /ingest` is answered 503 by the server's protocol as its headers
+    complete: the application never sees it (no HTTP metric of a 503), its body is skipped,
+    nothing is written, and the next request on the same connection is served."""
+    with uvicorn_serving(switched) as port, socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        answers = conn.makefile("rb")
+        body = b'{"payload": {"n": 1}}'
+        conn.sendall(post("/ingest", body))
+        code, _, _ = read_answer(answers)
+        assert code == 202
+        switched.group_commit().shed_now = True
+        conn.sendall(post("/ingest?x=1", b'{"payload": {"n": 2}}' + b" " * 5000) + post("/ingest", body))
+        refusals = [read_answer(answers), read_answer(answers)]  # a refusal, then a pipelined one behind it
+        switched.group_commit().shed_now = False
+        conn.sendall(post("/ingest", b'{"payload": {"n": 3}}'))  # the same connection serves again
+        after, _, _ = read_answer(answers)
+        conn.sendall(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n")
+        _, _, metrics = read_answer(answers)
+    for code, headers, answer in refusals:
+        assert code == 503 and headers["retry-after"] == "1" and headers["content-type"] == "application/json"
+        assert msgspec.json.decode(answer)["error"] == "overloaded"
+    assert after == 202
+    assert switched.metadata_repo().count() == 2  # n=1 and n=3: nothing of the refused ones
+    text = metrics.decode()
+    assert _shed_metric(text) == 2
+    assert http_count(text, "503") == 0 and http_count(text, "202") == 2  # never reached the application
+
+
+def test_a_refused_request_that_expects_100_continue_gets_its_answer_and_a_closed_connection(switched):
+    switched_commit = switched.group_commit()
+    with uvicorn_serving(switched) as port, socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        switched_commit.shed_now = True
+        head = post("/ingest", b'{"payload": {}}', b"Expect: 100-continue").split(b"\r\n\r\n")[0] + b"\r\n\r\n"
+        conn.sendall(head)  # the body is held back until "100 Continue", which never comes
+        code, headers, _ = read_answer(conn.makefile("rb"))
+        assert code == 503 and headers.get("connection") == "close"
+        assert conn.recv(1024) == b""  # closed by the server
+    assert switched.metadata_repo().count() == 0

@@ -94,3 +94,51 @@ def test_an_outage_fails_every_request_of_the_flush(ingest, repo):
 def test_submitting_before_start_is_refused(ingest):
     with pytest.raises(Unavailable):
         run(GroupCommit(ingest.ingest_many).submit(IngestRequest(payload={})))
+
+
+class GatedBus:
+    """An event bus whose publish waits at a gate (or fails when told to)."""
+
+    def __init__(self, bus) -> None:
+        self.bus = bus
+        self.gate = threading.Event()
+        self.fail = False
+
+    def __getattr__(self, name):
+        return getattr(self.bus, name)
+
+    def publish(self, messages):
+        assert self.gate.wait(10), "the test never opened the gate"
+        if self.fail:
+            raise Unavailable("kafka", "down (test)")
+        self.bus.publish(messages)
+
+
+def test_accept_many_answers_once_durable_and_publishes_after(store, repo, bus):
+    """The group commit answers a flush as soon as its objects and rows are durable; the
+    publish (and the mark) follow, still holding the flush's slot; a failed publish leaves
+    the events `stored` for the outbox relay."""
+    from wotr_domain.services import IngestService
+
+    gated = GatedBus(bus)
+    service = IngestService(store, repo, gated)
+
+    async def scenario():
+        commit = GroupCommit(service.accept_many, flushes=1, max_wait=10)
+        await commit.start()
+        receipt = await asyncio.wait_for(commit.submit(IngestRequest(id="a", payload={})), 5)  # the bus still waits
+        stored_then = repo.get("a").status
+        gated.gate.set()
+        for _ in range(500):
+            if repo.get("a").status is EventStatus.PUBLISHED:
+                break
+            await asyncio.sleep(0.01)
+        gated.fail = True
+        failed = await commit.submit(IngestRequest(id="b", payload={}))
+        await commit.stop()  # waits for the step after the flush
+        return receipt, stored_then, failed
+
+    receipt, stored_then, failed = run(scenario())
+    assert receipt.status is EventStatus.STORED and stored_then is EventStatus.STORED
+    assert repo.get("a").status is EventStatus.PUBLISHED and [m.key for m in bus.messages()] == ["a"]
+    assert failed.status is EventStatus.STORED and repo.get("b").status is EventStatus.STORED

@@ -364,6 +364,13 @@ def test_the_server_uses_the_hardened_protocol_with_the_settings_limits():
     assert (limits.max_headers, limits.max_header_bytes, limits.header_read_timeout, limits.body_read_timeout) == (40, 4096, 2.5, 7.0)
 
 
+def test_idle_connections_stay_open_longer_than_common_client_idle_timeouts():
+    """A server closing an idle connection just as its client sends on it resets that
+    request: the server's keep-alive must outlast the clients' (60 s is common)."""
+    assert build_server(object(), Settings.from_env({})).config.timeout_keep_alive == 75
+    assert build_server(object(), Settings.from_env({"WOTR_KEEP_ALIVE_SECONDS": "5"})).config.timeout_keep_alive == 5
+
+
 def test_normal_requests_keep_alive_and_pipeline(server):
     before = counts(server.container)
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:

@@ -19,7 +19,8 @@ one write, a small part of a served request, so refusing stays fast when the off
 is several times what the API can take (shed requests are counted by
 `wotr_ingest_total{outcome="shed"}`; they never reach the HTTP metrics middleware).
 
-uvicorn's keep-alive timeout still closes idle connections between requests. The cost per
+uvicorn's keep-alive timeout (`WOTR_KEEP_ALIVE_SECONDS`) still closes idle connections
+between requests. The cost per
 request is a clock read and a few attribute stores and comparisons: the one timer of a
 connection is armed at most once per timeout period, not per request, and the header
 fields are measured one by one only when the chunks they came in exceed the byte limit.
@@ -333,6 +334,7 @@ def build_server(app: Any, settings: Settings, **config: Any) -> uvicorn.Server:
         "log_level": "info",
         "access_log": settings.access_log,
         "timeout_graceful_shutdown": 10,
+        "timeout_keep_alive": settings.keep_alive_seconds,
         "http": http_protocol(EdgeLimits.from_settings(settings)),
     }
     options.update(config)

@@ -14,10 +14,13 @@ What it changes in the archive: events flushed together share one NDJSON object
 own object (`wotr_domain.archive`). The receipt and the metadata row name the object and
 the line either way.
 
-Backpressure: a request is refused when the oldest one not yet answered (waiting for a
-flush slot, or in a flush) has waited longer than `max_wait` seconds (the writes then take
-longer than that: more arrives than they can take), or when `max_queued` events wait
-already. A flush takes at most `max_events` events, so that its own duration, which grows
+Backpressure, after CoDel: the age of the oldest request not yet answered (waiting for a
+flush slot, or in a flush) is its sojourn. A request is refused while the sojourn has
+stayed above `max_wait` for `standing` seconds (a standing queue: more arrives than the
+writes take, not one slow write), and at once on any sojourn above `max_wait` within a
+second of the last refusal (the overload goes on); or when `max_queued` events wait
+already. So a slow write now and then costs nobody a refusal, and under overload the
+accepted requests wait about `max_wait`, not seconds. A flush takes at most `max_events` events, so that its own duration, which grows
 with its size, stays a small part of an accepted event's wait. Then `submit` raises `Overloaded` at once:
 the caller answers "retry later" (the API: 503 with Retry-After) instead of making the
 client wait behind seconds of queued work, and the shed request is reported to the
@@ -49,7 +52,9 @@ log = logging.getLogger(__name__)
 Written = list[Any] | tuple[list[Any], Callable[[], None]]
 
 DEFAULT_MAX_QUEUED = 2000  # events waiting for a flush slot
-DEFAULT_MAX_WAIT = 0.05  # seconds the oldest unanswered request may wait before new ones are refused
+DEFAULT_MAX_WAIT = 0.02  # seconds of sojourn the writes may run behind (the target)
+DEFAULT_STANDING = 0.05  # seconds the sojourn must stay above the target before a first refusal
+STRICT_FOR = 1.0  # seconds after a refusal during which any sojourn above the target refuses
 DEFAULT_MAX_EVENTS = 200  # events in one flush
 SHED_RETRY_AFTER = 1.0  # seconds a shed client is told to wait
 
@@ -98,6 +103,7 @@ class GroupCommit:
         max_events: int = DEFAULT_MAX_EVENTS,
         max_queued: int = DEFAULT_MAX_QUEUED,
         max_wait: float = DEFAULT_MAX_WAIT,
+        standing: float = DEFAULT_STANDING,
         observer: IngestObserver | None = None,
         retry_after: float = SHED_RETRY_AFTER,
         clock: Callable[[], float] = time.monotonic,
@@ -114,6 +120,9 @@ class GroupCommit:
         self._max_events = max_events
         self.max_queued = max_queued
         self.max_wait = max_wait
+        self.standing = standing
+        self._above_since: float | None = None  # since when the sojourn is above max_wait
+        self._refused_at = -STRICT_FOR  # when `overloaded` last said so
         self._clock = clock
         # When each unanswered request arrived, oldest first (answered ones leave from the left).
         self._unanswered: deque[tuple[float, asyncio.Future[Any]]] = deque()
@@ -192,12 +201,22 @@ class GroupCommit:
 
     @property
     def overloaded(self) -> bool:
-        """True while the oldest unanswered request has waited longer than `max_wait`: a
-        driving adapter may refuse new work before even reading it."""
+        """True while new requests are to be refused (see the module: the sojourn above
+        `max_wait` for `standing` seconds, or at all shortly after a refusal): a driving
+        adapter may refuse new work before even reading it."""
         unanswered = self._unanswered
         while unanswered and unanswered[0][1].done():
             unanswered.popleft()
-        return bool(unanswered) and self._clock() - unanswered[0][0] > self.max_wait
+        now = self._clock()
+        if not unanswered or now - unanswered[0][0] <= self.max_wait:
+            self._above_since = None
+            return False
+        if self._above_since is None:
+            self._above_since = now
+        if now - self._above_since >= self.standing or now - self._refused_at < STRICT_FOR:
+            self._refused_at = now
+            return True
+        return False
 
     @property
     def queued(self) -> int:
