@@ -54,6 +54,7 @@ test: $(STAMP) chromium
 	$(WOTR) stack up
 	$(PY) -m pytest
 	$(MAKE) --no-print-directory examples
+	$(PY) -m chaos --quick
 
 ## The fault matrix under load (kill -9 every component, count every event; ~25 min) on a
 ## stack of its own (~/.local/share/wotr-chaos, ports +20000); writes docs/reliability.md.
