@@ -57,6 +57,7 @@ DEFAULT_STANDING = 0.05  # seconds the sojourn must stay above the target before
 STRICT_FOR = 1.0  # seconds after a refusal during which any sojourn above the target refuses
 DEFAULT_MAX_EVENTS = 200  # events in one flush
 SHED_RETRY_AFTER = 1.0  # seconds a shed client is told to wait
+MAX_FOLLOWING = 16  # publishes after flushes that may be behind before the next is left to the relay
 
 
 class InFlightLimit:
@@ -111,7 +112,7 @@ class GroupCommit:
         """`write` is `IngestService.accept_many` or `ingest_many` (blocking; run on this
         policy's own threads, one per flush slot, so it never competes with the caller's
         thread pool): the answers, or the answers and a step to run once they are given
-        (the publish), still holding the flush's slot. `max_queued` bounds the events
+        (the publish), on threads of its own (`_follow`). `max_queued` bounds the events
         waiting for a slot (at least 1)."""
         if max_queued < 1:
             raise ValueError("max_queued must be at least 1")
@@ -133,9 +134,12 @@ class GroupCommit:
         self._collector: asyncio.Task[None] | None = None
         self._running: set[asyncio.Task[None]] = set()
         self._executor: ThreadPoolExecutor | None = None
+        self._publisher: ThreadPoolExecutor | None = None
+        self._following = 0  # steps after a flush (publishes) running or waiting for a thread
 
     async def start(self) -> None:
         self._executor = ThreadPoolExecutor(self._flushes, thread_name_prefix="wotr-flush")
+        self._publisher = ThreadPoolExecutor(self._flushes, thread_name_prefix="wotr-publish")
         self._queue = asyncio.Queue(self.max_queued)
         self._slots = asyncio.Semaphore(self._flushes)
         self._collector = asyncio.create_task(self._collect(), name="wotr-group-commit")
@@ -153,9 +157,10 @@ class GroupCommit:
             await asyncio.gather(*self._running, return_exceptions=True)
         self._refuse([])
         self._queue = None
-        if self._executor is not None:
-            self._executor.shutdown(wait=False)
-            self._executor = None
+        for pool in (self._executor, self._publisher):
+            if pool is not None:
+                pool.shutdown(wait=False)
+        self._executor = self._publisher = None
 
     def _refuse(self, batch: list[tuple[IngestRequest, asyncio.Future[Any]]]) -> None:
         """Answer 503 to `batch` and to everything still queued."""
@@ -251,10 +256,30 @@ class GroupCommit:
             for (_, future), answer in zip(batch, answers, strict=True):
                 if not future.done():
                     future.set_result(answer)
-            if after is not None:
-                try:
-                    await loop.run_in_executor(self._executor, after)
-                except Exception:  # the events stay `stored`: the outbox relay publishes them
-                    log.exception("the step after a flush failed; its events are left to the outbox relay")
         finally:
             self._slots.release()
+        if after is not None:
+            self._follow(after)
+
+    def _follow(self, after: Callable[[], None]) -> None:
+        """Run a flush's follow-up step (its publish) on the publishing threads, off the
+        flush slots: a slow or unreachable bus never holds up what is accepted. While
+        `MAX_FOLLOWING` steps are behind already (the bus is slower than the writes), the
+        step is skipped: its events stay `stored` and the outbox relay publishes them."""
+        if self._following >= MAX_FOLLOWING or self._publisher is None:
+            log.warning("publish skipped, %d publishes behind already; the outbox relay publishes those events",
+                        self._following)
+            return
+        self._following += 1
+
+        async def follow() -> None:
+            try:
+                await asyncio.get_running_loop().run_in_executor(self._publisher, after)
+            except Exception:  # the events stay `stored`: the outbox relay publishes them
+                log.exception("the step after a flush failed; its events are left to the outbox relay")
+            finally:
+                self._following -= 1
+
+        task = asyncio.create_task(follow())
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
