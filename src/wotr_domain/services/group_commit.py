@@ -136,6 +136,7 @@ class GroupCommit:
         self._executor: ThreadPoolExecutor | None = None
         self._publisher: ThreadPoolExecutor | None = None
         self._following = 0  # steps after a flush (publishes) running or waiting for a thread
+        self._skipped = 0  # steps skipped since the last one that ran
 
     async def start(self) -> None:
         self._executor = ThreadPoolExecutor(self._flushes, thread_name_prefix="wotr-flush")
@@ -267,9 +268,15 @@ class GroupCommit:
         `MAX_FOLLOWING` steps are behind already (the bus is slower than the writes), the
         step is skipped: its events stay `stored` and the outbox relay publishes them."""
         if self._following >= MAX_FOLLOWING or self._publisher is None:
-            log.warning("publish skipped, %d publishes behind already; the outbox relay publishes those events",
-                        self._following)
+            if not self._skipped:  # once per episode, not once per flush
+                log.warning("publishes skipped while %d are behind already; the outbox relay publishes those events",
+                            self._following)
+            self._skipped += 1
             return
+        if self._skipped:
+            log.warning("publishing after flushes again; %d flushes' publishes were left to the outbox relay",
+                        self._skipped)
+            self._skipped = 0
         self._following += 1
 
         async def follow() -> None:
