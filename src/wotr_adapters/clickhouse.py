@@ -24,6 +24,7 @@ from typing import Any
 
 from wotr_domain.errors import ConfigError, Refused, Unavailable
 from wotr_domain.models import AnalyticsRow
+from wotr_domain.services.loader import AnalyticsColumns
 
 from .connections import ClickHouseConnection
 
@@ -126,6 +127,31 @@ def _unstorable(row: AnalyticsRow) -> str | None:
     return None
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+_MIN_MICROS = (DATETIME64_MIN - _EPOCH) // _MICROSECOND
+_MAX_MICROS = (DATETIME64_MAX - _EPOCH) // _MICROSECOND
+
+
+def _micros(values: Sequence[datetime | None]) -> list[int | None]:
+    """Datetimes as integer microseconds since the epoch (a naive one is UTC; None stays
+    None): what the driver sends for DateTime64(6) with the least Python work per value."""
+    try:
+        return [None if v is None else (v - _EPOCH) // _MICROSECOND for v in values]
+    except TypeError:  # a naive datetime among them
+        return [None if v is None else ((v if v.tzinfo is not None else v.replace(tzinfo=UTC)) - _EPOCH) // _MICROSECOND
+                for v in values]
+
+
+def _in_range(micros: list[int | None]) -> bool:
+    """Whether every value (None aside) is within DateTime64's range."""
+    if None in micros:
+        micros = [m for m in micros if m is not None]
+        if not micros:
+            return True
+    return _MIN_MICROS <= min(micros) and max(micros) <= _MAX_MICROS
+
+
 def clickhouse_client(conn: ClickHouseConnection) -> Any:
     """Build a clickhouse-connect client for a server or, with a `chdb://` DSN, the engine."""
     import clickhouse_connect
@@ -216,8 +242,6 @@ def _not_a_read(query: str) -> str | None:
         return f"the table function {match.group(1)}() reaches outside the engine's tables"
     return None
 _FORMAT = re.compile(r"\bFORMAT\s+\w+\s*;?\s*$", re.IGNORECASE)
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND = timedelta(microseconds=1)
 
 
 def _utc(value: datetime | None) -> datetime | None:
@@ -268,6 +292,7 @@ class ClickHouseAnalyticsSink:
         self._schema = _ddl(database, cluster)  # refuses a bad cluster name now
         self._table = f"{database}.{TABLE}"
         self._lock = threading.Lock()  # the in-process engine runs one query at a time per client
+        self._insert_types: list[Any] | None = None  # the table's column types, for inserts (`_insert`)
 
     def _run(self, what: str, fn, *args, **kwargs):
         """Call the driver; its errors become `Unavailable` (a write's data errors: `Refused`)."""
@@ -334,28 +359,38 @@ class ClickHouseAnalyticsSink:
     def write(self, rows: Sequence[AnalyticsRow]) -> None:
         if not rows:
             return
-        for row in rows:  # nothing is written when one row cannot be, like a refused INSERT
-            problem = _unstorable(row)
-            if problem is not None:
-                raise Refused("clickhouse", f"row {row.id!r}: {problem}")
-        # Column-oriented, timestamps as integer microseconds: the least Python work per value
-        # the driver takes (rows of a batch mostly share their reception time: converted once).
-        micros: dict[datetime, int] = {}
+        # Column-oriented, timestamps as integer microseconds: the least Python work per
+        # value the driver takes. The loader hands its rows over as columns already.
+        if isinstance(rows, AnalyticsColumns):
+            ids, created_at, event_time, source, type_, payload, object_key = rows.columns
+        else:
+            ids, created_at, event_time = [r.id for r in rows], [r.created_at for r in rows], [r.event_time for r in rows]
+            source, type_, payload = [r.source for r in rows], [r.type for r in rows], [r.payload for r in rows]
+            object_key = [r.object_key for r in rows]
+        created, event = _micros(created_at), _micros(event_time)
+        if not (_in_range(created) and _in_range(event)):
+            for row in rows:  # nothing is written when one row cannot be, like a refused INSERT
+                problem = _unstorable(row)
+                if problem is not None:
+                    raise Refused("clickhouse", f"row {row.id!r}: {problem}")
+        self._insert([ids, created, event, source, type_, payload, object_key])
 
-        def us(value: datetime | None) -> int | None:
-            if value is None:
-                return None
-            found = micros.get(value)
-            if found is None:
-                aware = value if value.tzinfo is not None else value.replace(tzinfo=UTC)  # naive: UTC
-                found = micros[value] = (aware - _EPOCH) // _MICROSECOND
-            return found
-
-        columns = [
-            [r.id for r in rows], [us(r.created_at) for r in rows], [us(r.event_time) for r in rows],
-            [r.source for r in rows], [r.type for r in rows], [r.payload for r in rows], [r.object_key for r in rows],
-        ]
-        self._run("insert", self._client.insert, self._table, columns, column_names=_COLUMNS, column_oriented=True)
+    def _insert(self, columns: list[list[Any]]) -> None:
+        """One column-oriented INSERT. The table's column types are described once (the
+        driver would describe the table before every insert) and described again after
+        any failed insert, in case the table changed."""
+        types = self._insert_types
+        if types is None:
+            context = self._run("insert", self._client.create_insert_context, self._table, _COLUMNS,
+                                column_oriented=True)
+            types = context.column_types
+        try:
+            self._run("insert", self._client.insert, self._table, columns, column_names=_COLUMNS,
+                      column_types=types, column_oriented=True)
+        except BaseException:
+            self._insert_types = None
+            raise
+        self._insert_types = types
 
     def latest(self, limit: int = 10) -> list[AnalyticsRow]:
         result = self._run(

@@ -55,7 +55,7 @@ class ObjectStore(Lifecycle, Protocol):
 class Subscription(Protocol):
     """The consuming side of a bus: batches in, explicit commits out (at-least-once)."""
 
-    def poll(self, max_messages: int, timeout: float) -> list[Delivery]:
+    def poll(self, max_messages: int, timeout: float) -> Sequence[Delivery]:
         """Up to `max_messages` deliveries, waiting at most `timeout` seconds for the first."""
 
     def commit(self, deliveries: Sequence[Delivery]) -> None:

@@ -13,6 +13,7 @@ from wotr_domain.codec import encode
 from wotr_domain.errors import Refused, Unavailable
 from wotr_domain.models import AnalyticsRow, BusMessage, Event
 from wotr_domain.services import AnalyticsLoader
+from wotr_domain.services.loader import AnalyticsColumns
 
 T0 = datetime(2026, 3, 1, 12, 0, 0, 250000, tzinfo=UTC)
 
@@ -57,6 +58,19 @@ def test_missing_event_time_and_empty_fields_round_trip(analytics_sink):
     r = row("n-1", event_time=None, source="", type="", payload="{}")
     analytics_sink.write([r])
     assert analytics_sink.latest(1) == [r]
+
+
+def columns_of(rows: list[AnalyticsRow]) -> AnalyticsColumns:
+    """The rows as the loader hands them over: one column per field."""
+    return AnalyticsColumns(tuple([getattr(r, f) for r in rows] for f in AnalyticsRow.__struct_fields__))
+
+
+def test_rows_handed_over_as_columns_are_written_like_rows(analytics_sink):
+    rows = [row("c1", 1), row("c2", 2, event_time=None, source="", type=""), row("c3", 3)]
+    analytics_sink.write(columns_of(rows))
+    analytics_sink.write(columns_of(rows)[1:])  # a slice, as when a refused batch is split
+    assert analytics_sink.latest(10) == rows[::-1]
+    assert analytics_sink.count() == 3
 
 
 def test_writing_nothing_is_a_no_op(analytics_sink):
@@ -116,6 +130,35 @@ def test_clickhouse_refuses_a_row_it_cannot_hold_and_writes_nothing_of_the_batch
     assert refused.value.dependency == "clickhouse" and refused.value.detail
     assert clickhouse_sink.count() == 0
     clickhouse_sink.check()  # refusing data is not being down
+
+
+def test_clickhouse_refuses_a_row_it_cannot_hold_among_columns_too_and_names_it(clickhouse_sink):
+    batch = [row("good-1", 1), row("bad", 2, event_time=BEFORE_YEAR_ONE_UTC), row("good-2", 3)]
+    with pytest.raises(Refused) as as_rows:
+        clickhouse_sink.write(batch)
+    with pytest.raises(Refused) as as_columns:
+        clickhouse_sink.write(columns_of(batch))
+    assert str(as_columns.value) == str(as_rows.value) and "'bad'" in str(as_columns.value)
+    assert clickhouse_sink.count() == 0
+
+
+def test_clickhouse_reads_naive_datetimes_as_utc(clickhouse_sink):
+    naive = T0.replace(tzinfo=None)
+    clickhouse_sink.write([row("naive-row", created_at=naive, event_time=naive)])
+    clickhouse_sink.write(columns_of([row("naive-column", 1, created_at=naive + timedelta(seconds=1), event_time=None)]))
+    latest = clickhouse_sink.latest(10)
+    assert [(r.id, r.created_at, r.event_time) for r in latest] == [
+        ("naive-column", T0 + timedelta(seconds=1), None), ("naive-row", T0, T0)]
+
+
+def test_clickhouse_writes_into_a_table_made_again_after_a_failed_insert(clickhouse_sink, clickhouse_client):
+    clickhouse_sink.write([row("before")])
+    clickhouse_client.command(f"DROP TABLE {clickhouse_sink._table}")
+    with pytest.raises(Unavailable):
+        clickhouse_sink.write([row("while-missing")])
+    clickhouse_sink.start()
+    clickhouse_sink.write([row("after")])
+    assert [r.id for r in clickhouse_sink.latest(10)] == ["after"]
 
 
 def test_clickhouse_takes_the_edges_of_datetime64(clickhouse_sink):

@@ -3,16 +3,18 @@ back-pressure and read-back, on the real broker."""
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections.abc import Iterator
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from wotr_adapters.connections import KafkaConnection
 from wotr_adapters.kafka import KafkaEventBus, KafkaSubscription
+from wotr_adapters.kafka.clients import delivery_of
 from wotr_domain.errors import Unavailable
 from wotr_domain.models import BusMessage, Delivery
 
@@ -82,6 +84,69 @@ def test_commits_of_revoked_partitions_are_skipped(bus: KafkaEventBus):
     assert done, "a kept at least one partition and committed it"
     assert not set(done) & {d.partition for d in seen_by_b}
     assert all(done[p] == ends[p] for p in done)
+
+
+def test_a_polled_batch_holds_what_delivery_of_makes_of_each_message_whatever_its_headers(bus: KafkaEventBus):
+    # The subscription reads each message into columns once and makes a Delivery only when
+    # asked: it must be what `delivery_of` makes of the same driver message.
+    sent = [
+        (b"k1", b"v1", [("object-key", b"raw/1.json")]),
+        (b"k2", b"v2", [("object-key", b"raw/2.ndjson"), ("object-line", b"3")]),
+        (b"k3", b"v3", None),
+        (None, b"v4", [("object-key", None)]),
+        (b"k5", b"", [("object-key", b"first"), ("x", b"\xff"), ("object-key", b"second")]),
+        (b"\xff", b"v6", [("other", b"o")]),
+    ]
+    producer = Producer({"bootstrap.servers": bus._client["bootstrap.servers"]})
+    for key, value, headers in sent:
+        producer.produce(bus.topic, value, key, headers=headers, partition=1)
+    assert producer.flush(10) == 0
+    reader = Consumer({"bootstrap.servers": bus._client["bootstrap.servers"], "group.id": f"g-{uuid.uuid4().hex[:8]}",
+                       "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    reader.subscribe([bus.topic])
+    expected: dict[int, Delivery] = {}
+    deadline = time.monotonic() + 30
+    while len(expected) < len(sent) and time.monotonic() < deadline:
+        expected.update((m.offset(), delivery_of(m)) for m in reader.consume(10, timeout=0.5) if m.error() is None)
+    reader.close()
+    sub = bus.subscribe(f"g-{uuid.uuid4().hex[:8]}")
+    try:
+        batches = []
+        deadline = time.monotonic() + 30
+        while sum(map(len, batches)) < len(sent) and time.monotonic() < deadline:
+            if batch := sub.poll(max_messages=100, timeout=0.5):
+                batches.append(batch)
+    finally:
+        sub.close()
+    got = [d for batch in batches for d in batch]
+    assert got == [expected[offset] for offset in sorted(expected)] and len(got) == len(sent)
+    for batch in batches:
+        for i, d in enumerate(batch):
+            assert batch[i] == d == batch[i - len(batch)]
+            assert (batch.keys[i], batch.values[i], batch.object_keys[i]) == (d.key, d.value, d.headers.get("object-key", ""))
+        assert batch[1:] == list(batch)[1:]
+        with pytest.raises(IndexError):
+            batch[len(batch)]
+    assert [d.headers for d in got][3:5] == [{"object-key": ""}, {"object-key": "second", "x": "\ufffd"}]
+
+
+def test_a_commit_does_not_wait_for_a_concurrent_poll_to_time_out(bus: KafkaEventBus):
+    bus.publish(messages(3))
+    group = f"g-{uuid.uuid4().hex[:8]}"
+    sub = bus.subscribe(group)
+    try:
+        got = drain(sub, 3)
+        poller = threading.Thread(target=sub.poll, kwargs={"max_messages": 10, "timeout": 3.0})
+        poller.start()
+        time.sleep(0.3)  # the poll is waiting for messages that do not come
+        started = time.monotonic()
+        sub.commit(got)
+        took = time.monotonic() - started
+        poller.join()
+    finally:
+        sub.close()
+    assert took < 1.5, f"the commit waited {took:.2f}s for the poll"
+    assert sum(committed(bus, group).values()) == 3
 
 
 def test_publish_raises_within_the_timeout_when_no_broker_acknowledges(kafka_connection: KafkaConnection):

@@ -8,10 +8,13 @@ from datetime import timedelta
 
 import pytest
 
+from wotr_adapters.memory import InMemoryAnalyticsSink
 from wotr_apps.workers import WorkerThread, run_relay
+from wotr_domain.codec import decode_event_fields
 from wotr_domain.errors import Unavailable
-from wotr_domain.models import BusMessage, EventStatus, IngestRequest
-from wotr_domain.services import AnalyticsLoader, OutboxRelay
+from wotr_domain.models import AnalyticsRow, BusMessage, Delivery, EventStatus, IngestRequest
+from wotr_domain.services import AnalyticsLoader, OutboxRelay, decode_batch
+from wotr_domain.services.loader import AnalyticsColumns, DeliveryColumns, row_for
 
 
 def test_loader_writes_rows_and_commits(ingest, loader, sink, bus):
@@ -267,3 +270,97 @@ def test_a_relay_loop_that_crashes_releases_its_claim(ingest, relay, bus, repo, 
         time.sleep(0.01)
     assert isinstance(worker.error, RuntimeError)
     assert {r.id for r in repo.claim_pending(10, clock.now, lease_seconds=60)} == ids
+
+
+# -- batches as columns (what the Kafka subscription hands over) ------------------------
+
+
+class _Columns(DeliveryColumns):
+    """A polled batch as columns over a list of deliveries; notes which ones were asked for."""
+
+    __slots__ = ("_deliveries", "asked", "keys", "object_keys", "values")
+
+    def __init__(self, deliveries: list[Delivery]) -> None:
+        self._deliveries = deliveries
+        self.keys = [d.key for d in deliveries]
+        self.values = [d.value for d in deliveries]
+        self.object_keys = [d.headers.get("object-key", "") for d in deliveries]
+        self.asked: list[int] = []
+
+    def __getitem__(self, index):  # type: ignore[override]
+        self.asked.append(index)
+        return self._deliveries[index]
+
+
+class _ColumnsSubscription:
+    """The in-memory subscription, its batches handed over as `_Columns`."""
+
+    def __init__(self, inner) -> None:
+        self._inner = inner
+        self.batches: list[_Columns] = []
+
+    def poll(self, max_messages: int, timeout: float):
+        batch = _Columns(self._inner.poll(max_messages, timeout))
+        self.batches.append(batch)
+        return batch
+
+    def commit(self, deliveries) -> None:
+        self._inner.commit(list(deliveries._deliveries))
+
+    def __getattr__(self, name: str):
+        return getattr(self._inner, name)
+
+
+def test_a_batch_as_columns_loads_exactly_as_the_same_deliveries_in_a_list(ingest, store, bus):
+    good = [ingest.ingest(IngestRequest(payload={"n": i}, source="s", type="t")) for i in range(4)]
+    ingest.ingest_batch([IngestRequest(payload={"line": i}) for i in range(3)])  # object-key and object-line headers
+    bus.publish([
+        BusMessage(key="p1", value=b"{not json", headers={}),
+        BusMessage(key="someone-else", value=store.get(good[0].object_key), headers={"object-key": "k"}),
+        BusMessage(key=None, value=b'{"id":"x","received_at":"2026-05-17T23:59:59Z","payload":{"a":"\xff"}}',
+                   headers={"object-key": "raw/x.json"}),
+    ])
+    refused = good[2].id
+    outcomes, sinks, letters = [], [], []
+    for group, columns in (("as-list", False), ("as-columns", True)):
+        sink = InMemoryAnalyticsSink()
+        sink.refuse = lambda row: row.id == refused
+        subscription = bus.subscribe(group)
+        loader = AnalyticsLoader(_ColumnsSubscription(subscription) if columns else subscription, sink, retry_delay=0)
+        before = len(bus.dead_letters())
+        outcomes.append(loader.run_once(timeout=0))
+        sinks.append(sink.rows)
+        letters.append([(d.key, d.value, d.headers) for d in bus.dead_letters()[before:]])
+        assert bus.committed[group] == 10
+    assert outcomes[0] == outcomes[1]
+    assert (outcomes[1].received, outcomes[1].loaded, outcomes[1].dead_lettered, outcomes[1].refused) == (10, 6, 4, 1)
+    assert sinks[0] == sinks[1] and len(sinks[1]) == 6
+    assert letters[0] == letters[1]
+    reasons = [headers["dlq-reason"] for _, _, headers in letters[1]]
+    assert reasons[0].startswith("undecodable event") and "does not match" in reasons[1]
+    assert "UnicodeDecodeError" in reasons[2] and reasons[3].startswith("refused by the analytics sink")
+
+
+def test_the_loader_asks_a_batch_of_columns_only_for_the_deliveries_it_dead_letters(ingest, bus):
+    for i in range(5):
+        ingest.ingest(IngestRequest(payload={"n": i}))
+    bus.publish([BusMessage(key="p1", value=b"{not json", headers={})])
+    subscription = _ColumnsSubscription(bus.subscribe("g"))
+    outcome = AnalyticsLoader(subscription, InMemoryAnalyticsSink()).run_once(timeout=0)
+    assert (outcome.loaded, outcome.dead_lettered) == (5, 1)
+    assert subscription.batches[0].asked == [5]
+
+
+def test_analytics_columns_are_a_sequence_of_the_rows_decode_batch_makes(ingest, bus):
+    for i in range(3):
+        ingest.ingest(IngestRequest(payload={"n": i}, source="s"))
+    deliveries = bus.subscribe("g").poll(10, 0)
+    rows, rejects = decode_batch(deliveries)
+    assert rejects == [] and len(rows) == 3
+    columns = AnalyticsColumns(tuple([getattr(r, f) for r in rows] for f in AnalyticsRow.__struct_fields__))
+    assert len(columns) == 3 and list(columns) == rows
+    assert columns[1] == rows[1] and columns[-1] == rows[-1]
+    assert isinstance(columns[1:], AnalyticsColumns) and list(columns[1:]) == rows[1:]
+    assert rows[0] == row_for(decode_event_fields(deliveries[0].value), deliveries[0].headers["object-key"])
+    with pytest.raises(IndexError):
+        columns[3]

@@ -76,6 +76,11 @@ class KafkaClients:
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",
             "session.timeout.ms": 10_000,
+            # When its prefetch queue is full (a backlog), the driver stops fetching for
+            # this long (default 1 s) even after the queue drains: a consumer catching up
+            # then finds it empty and waits. Measured: draining 200,000 pre-filled events,
+            # 119k -> 137k rows/s.
+            "fetch.queue.backoff.ms": 100,
             **(consumer_config or {}),
         }
         self._producer: Producer | None = None

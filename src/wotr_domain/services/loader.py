@@ -17,13 +17,19 @@ and the caller retries the whole batch later. When writes keep failing with
 batch is split as for a refusal, but a row is dead-lettered for such a failure only if
 the sink took other rows of the same batch meanwhile; if it takes none, the fault is
 the sink's, and the batch is left for a retry.
+
+A batch moves as columns, not as an object per event: the loader reads a subscription's
+`DeliveryColumns` when it offers them (any sequence of deliveries otherwise) and hands the
+sink `AnalyticsColumns`, a sequence of rows a sink may take column by column.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime
+from typing import overload
 
 import msgspec
 
@@ -33,7 +39,7 @@ from ..models import AnalyticsRow, Delivery, Event
 from ..ports import AnalyticsSink, Subscription
 from .observer import LoaderObserver, NullObserver
 
-__all__ = ["AnalyticsLoader", "LoadOutcome", "decode_batch", "row_for"]
+__all__ = ["AnalyticsColumns", "AnalyticsLoader", "DeliveryColumns", "LoadOutcome", "decode_batch", "row_for"]
 
 log = logging.getLogger(__name__)
 
@@ -71,36 +77,124 @@ def _reason(text: str) -> str:
     return text if len(text) <= MAX_REASON_CHARS else text[: MAX_REASON_CHARS - 1] + "…"
 
 
-def _decode(deliveries: Sequence[Delivery]) -> tuple[list[tuple[Delivery, AnalyticsRow]], list[tuple[Delivery, str]]]:
-    """(delivery, row) for the deliveries that are events, (delivery, reason) for the rest.
+class DeliveryColumns(Sequence[Delivery]):
+    """A polled batch that also offers, side by side, what the loader reads of each
+    delivery: its key, its value and its `object-key` header (`keys`, `values`,
+    `object_keys`; a missing header is ""). A subscription may return one as its list of
+    deliveries: the loader then makes no object per message, and a whole `Delivery` is
+    made only when one is asked for (a message to dead-letter). Subclasses make them
+    (`__getitem__` with an index)."""
+
+    __slots__ = ()
+    keys: list[str | None]
+    values: list[bytes]
+    object_keys: list[str]
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, (list, DeliveryColumns)):
+            return list(self) == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} of {len(self)} deliveries>"
+
+
+class AnalyticsColumns(Sequence[AnalyticsRow]):
+    """Analytics rows held as seven columns, in `AnalyticsRow`'s field order: what the
+    loader builds from a batch instead of an `AnalyticsRow` per event. It is a sequence of
+    rows (made on demand) for any sink; a sink that knows this class takes `columns` as
+    they are."""
+
+    __slots__ = ("columns",)
+
+    def __init__(
+        self,
+        columns: tuple[list[str], list[datetime], list[datetime | None], list[str], list[str], list[str], list[str]],
+    ) -> None:
+        self.columns = columns
+
+    @classmethod
+    def empty(cls) -> AnalyticsColumns:
+        return cls(([], [], [], [], [], [], []))
+
+    def __len__(self) -> int:
+        return len(self.columns[0])
+
+    @overload
+    def __getitem__(self, index: int) -> AnalyticsRow: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> AnalyticsColumns: ...
+
+    def __getitem__(self, index: int | slice) -> AnalyticsRow | AnalyticsColumns:
+        if isinstance(index, slice):
+            return AnalyticsColumns(tuple(column[index] for column in self.columns))  # type: ignore[arg-type]
+        return _row(*(column[index] for column in self.columns))
+
+    def __iter__(self) -> Iterator[AnalyticsRow]:
+        return (_row(*values) for values in zip(*self.columns))
+
+
+def _row(id: str, created_at: datetime, event_time: datetime | None, source: str, type: str, payload: str,
+         object_key: str) -> AnalyticsRow:
+    return AnalyticsRow(id=id, created_at=created_at, event_time=event_time, source=source, type=type,
+                        payload=payload, object_key=object_key)
+
+
+def _decode(deliveries: Sequence[Delivery]) -> tuple[AnalyticsColumns, list[int], list[tuple[Delivery, str]]]:
+    """The rows of the deliveries that are events (with the index of each one's delivery),
+    and (delivery, reason) for the rest.
 
     Whatever turning one delivery into a row raises (`InvalidEvent`, but also
     `RecursionError`, `ValueError`, `UnicodeDecodeError`, `TypeError` on a value that is
     not bytes...) rejects that delivery alone. `MemoryError` is not the message's fault
     (messages are bounded in size) and propagates.
     """
-    decoded: list[tuple[Delivery, AnalyticsRow]] = []
+    if isinstance(deliveries, DeliveryColumns):
+        keys, values, object_keys = deliveries.keys, deliveries.values, deliveries.object_keys
+    else:
+        keys, values = [d.key for d in deliveries], [d.value for d in deliveries]
+        object_keys = [d.headers.get("object-key", "") for d in deliveries]
+    rows = AnalyticsColumns.empty()
+    ids, created, event_times, sources, types, payloads, row_object_keys = rows.columns
+    positions: list[int] = []
     rejects: list[tuple[Delivery, str]] = []
-    for d in deliveries:
+    for position, (key, value) in enumerate(zip(keys, values)):
         try:
-            event = decode_event_fields(d.value)
-            if d.key is not None and d.key != event.id:
-                rejects.append((d, _reason(f"message key {d.key!r} does not match event id {event.id!r}")))
+            event = decode_event_fields(value)
+            if key is not None and key != event.id:
+                reason = f"message key {key!r} does not match event id {event.id!r}"
+                rejects.append((deliveries[position], _reason(reason)))
                 continue
-            decoded.append((d, row_for(event, d.headers.get("object-key", ""))))
+            payload = bytes(event.payload).decode()  # the archived JSON text, as is
         except MemoryError:
             raise
         except InvalidEvent as e:
-            rejects.append((d, _reason(f"undecodable event: {e}")))
+            rejects.append((deliveries[position], _reason(f"undecodable event: {e}")))
+            continue
         except Exception as e:  # noqa: BLE001 - one poison message must never stop the batch
-            rejects.append((d, _reason(f"undecodable event ({type(e).__name__}): {e}")))
-    return decoded, rejects
+            rejects.append((deliveries[position], _reason(f"undecodable event ({type(e).__name__}): {e}")))
+            continue
+        ids.append(event.id)
+        created.append(event.received_at)
+        event_times.append(event.timestamp)
+        sources.append(event.source or "")
+        types.append(event.type or "")
+        payloads.append(payload)
+        row_object_keys.append(object_keys[position])
+        positions.append(position)
+    return rows, positions, rejects
 
 
 def decode_batch(deliveries: Sequence[Delivery]) -> tuple[list[AnalyticsRow], list[tuple[Delivery, str]]]:
     """Pure step: rows for the deliveries that are events, and (delivery, reason) for the rest."""
-    decoded, rejects = _decode(deliveries)
-    return [row for _, row in decoded], rejects
+    rows, _, rejects = _decode(deliveries)
+    return list(rows), rejects
 
 
 def _sleep(seconds: float) -> bool:
@@ -140,14 +234,14 @@ class AnalyticsLoader:
         Raises `Unavailable` with nothing committed when the sink (or the bus) is down;
         `wait` pauses between attempts and aborts them when it returns True.
         """
-        decoded, rejects = _decode(deliveries)
-        refused = self._write([row for _, row in decoded], wait or _sleep) if decoded else []
-        letters = rejects + [(decoded[i][0], reason) for i, reason in refused]
+        rows, positions, rejects = _decode(deliveries)
+        refused = self._write(rows, wait or _sleep) if rows else []
+        letters = rejects + [(deliveries[positions[i]], reason) for i, reason in refused]
         for delivery, reason in letters:
             self._subscription.dead_letter(delivery, reason)
         if deliveries:
             self._subscription.commit(deliveries)
-        loaded = len(decoded) - len(refused)
+        loaded = len(rows) - len(refused)
         self._observer.batch(len(deliveries))
         self._observer.loaded(loaded)
         if letters:
@@ -240,7 +334,7 @@ class AnalyticsLoader:
 
     # -- polling --------------------------------------------------------------------------
 
-    def poll(self, max_messages: int = 10_000, timeout: float = 0.5) -> list[Delivery]:
+    def poll(self, max_messages: int = 10_000, timeout: float = 0.5) -> Sequence[Delivery]:
         return self._subscription.poll(max_messages, timeout)
 
     def run_once(self, max_messages: int = 10_000, timeout: float = 0.5) -> LoadOutcome:
