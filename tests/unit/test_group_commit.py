@@ -103,11 +103,13 @@ class GatedBus:
         self.bus = bus
         self.gate = threading.Event()
         self.fail = False
+        self.calls: list[int] = []
 
     def __getattr__(self, name):
         return getattr(self.bus, name)
 
     def publish(self, messages):
+        self.calls.append(len(messages))
         assert self.gate.wait(10), "the test never opened the gate"
         if self.fail:
             raise Unavailable("kafka", "down (test)")
@@ -145,3 +147,30 @@ def test_accept_many_answers_once_durable_and_publishes_after(store, repo, bus):
     assert receipt.status is EventStatus.STORED and stored_then is EventStatus.STORED
     assert repo.get("a").status is EventStatus.PUBLISHED and sorted(m.key for m in bus.messages()) == ["a", "a2"]
     assert failed.status is EventStatus.STORED and repo.get("b").status is EventStatus.STORED
+
+
+def test_publishes_that_wait_are_merged_into_one(store, repo, bus):
+    """Flushes answered while the publishing thread is busy leave steps that are merged:
+    one publish (and one mark) for all of them."""
+    from wotr_domain.services import IngestService
+
+    gated = GatedBus(bus)
+    service = IngestService(store, repo, gated)
+
+    async def scenario():
+        commit = GroupCommit(service.accept_many, flushes=1, max_wait=10)
+        await commit.start()
+        await commit.submit(IngestRequest(id="a", payload={}))  # its publish holds the only publishing thread
+        for _ in range(500):
+            if gated.calls:
+                break
+            await asyncio.sleep(0.01)
+        for i in ("b", "c", "d"):  # three flushes, one after the other
+            await commit.submit(IngestRequest(id=i, payload={}))
+        gated.gate.set()
+        await commit.stop()
+
+    run(scenario())
+    assert gated.calls == [1, 3]
+    assert all(repo.get(i).status is EventStatus.PUBLISHED for i in "abcd")
+    assert sorted(m.key for m in bus.messages()) == ["a", "b", "c", "d"]

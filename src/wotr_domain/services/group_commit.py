@@ -31,7 +31,9 @@ batches): a slot is taken without waiting, or refused with `Overloaded`.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import operator
 import threading
 import time
 from collections import deque
@@ -57,7 +59,6 @@ DEFAULT_STANDING = 0.05  # seconds the sojourn must stay above the target before
 STRICT_FOR = 1.0  # seconds after a refusal during which any sojourn above the target refuses
 DEFAULT_MAX_EVENTS = 200  # events in one flush
 SHED_RETRY_AFTER = 1.0  # seconds a shed client is told to wait
-MAX_FOLLOWING = 16  # publishes after flushes that may be behind before the next is left to the relay
 
 
 class InFlightLimit:
@@ -135,8 +136,8 @@ class GroupCommit:
         self._running: set[asyncio.Task[None]] = set()
         self._executor: ThreadPoolExecutor | None = None
         self._publisher: ThreadPoolExecutor | None = None
-        self._following = 0  # steps after a flush (publishes) running or waiting for a thread
-        self._skipped = 0  # steps skipped since the last one that ran
+        self._steps: deque[Callable[[], None]] = deque()  # steps after flushes (publishes) not yet taken
+        self._followers = 0  # tasks running those steps, at most one per publishing thread
 
     async def start(self) -> None:
         self._executor = ThreadPoolExecutor(self._flushes, thread_name_prefix="wotr-flush")
@@ -154,8 +155,8 @@ class GroupCommit:
         if self._collector is not None:
             self._collector.cancel()
             await asyncio.gather(self._collector, return_exceptions=True)
-        if self._running:
-            await asyncio.gather(*self._running, return_exceptions=True)
+        while self._running:  # flushes, then the publishes they leave behind
+            await asyncio.gather(*list(self._running), return_exceptions=True)
         self._refuse([])
         self._queue = None
         for pool in (self._executor, self._publisher):
@@ -264,29 +265,30 @@ class GroupCommit:
 
     def _follow(self, after: Callable[[], None]) -> None:
         """Run a flush's follow-up step (its publish) on the publishing threads, off the
-        flush slots: a slow or unreachable bus never holds up what is accepted. While
-        `MAX_FOLLOWING` steps are behind already (the bus is slower than the writes), the
-        step is skipped: its events stay `stored` and the outbox relay publishes them."""
-        if self._following >= MAX_FOLLOWING or self._publisher is None:
-            if not self._skipped:  # once per episode, not once per flush
-                log.warning("publishes skipped while %d are behind already; the outbox relay publishes those events",
-                            self._following)
-            self._skipped += 1
-            return
-        if self._skipped:
-            log.warning("publishing after flushes again; %d flushes' publishes were left to the outbox relay",
-                        self._skipped)
-            self._skipped = 0
-        self._following += 1
+        flush slots: a slow or unreachable bus never holds up what is accepted. Steps that
+        wait meanwhile are merged (`step + step`, when they support it: one publish and one
+        mark for several flushes), so the bus keeps up with any number of small flushes."""
+        self._steps.append(after)
+        if self._followers < self._flushes and self._publisher is not None:
+            self._followers += 1
+            task = asyncio.create_task(self._follower())
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
 
-        async def follow() -> None:
-            try:
-                await asyncio.get_running_loop().run_in_executor(self._publisher, after)
-            except Exception:  # the events stay `stored`: the outbox relay publishes them
-                log.exception("the step after a flush failed; its events are left to the outbox relay")
-            finally:
-                self._following -= 1
-
-        task = asyncio.create_task(follow())
-        self._running.add(task)
-        task.add_done_callback(self._running.discard)
+    async def _follower(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self._steps:
+                steps = list(self._steps)
+                self._steps.clear()
+                try:
+                    merged = [functools.reduce(operator.add, steps)]
+                except TypeError:  # steps that do not merge run one after the other
+                    merged = steps
+                for step in merged:
+                    try:
+                        await loop.run_in_executor(self._publisher, step)
+                    except Exception:  # the events stay `stored`: the outbox relay publishes them
+                        log.exception("the step after a flush failed; its events are left to the outbox relay")
+        finally:
+            self._followers -= 1

@@ -37,7 +37,7 @@ from ..ports import EventBus, MetadataRepo, ObjectStore
 from .breaker import Breaker
 from .observer import IngestObserver, NullObserver
 
-__all__ = ["IngestService", "validate_text_field", "validate_timestamp"]
+__all__ = ["IngestService", "PublishStep", "validate_text_field", "validate_timestamp"]
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +108,29 @@ class _Placed(msgspec.Struct, frozen=True):
 Answer = Receipt | WotrError
 
 
+class PublishStep:
+    """The publish that follows `IngestService.accept_many`: calling it publishes the new
+    events and marks them published. Steps add up (`a + b`): one publish and one mark for
+    the events of both, which is how a caller that runs them late catches up."""
+
+    __slots__ = ("_pending", "_service")
+
+    def __init__(self, service: IngestService, pending: list[tuple[_Prepared, Receipt]]) -> None:
+        self._service = service
+        self._pending = pending
+
+    def __call__(self) -> None:
+        self._service._publish(self._pending)
+
+    def __add__(self, other: PublishStep) -> PublishStep:
+        if not isinstance(other, PublishStep) or other._service is not self._service:
+            return NotImplemented
+        return PublishStep(self._service, self._pending + other._pending)
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+
 class IngestService:
     """Accepts events; the only writer of raw objects and metadata rows."""
 
@@ -157,7 +180,7 @@ class IngestService:
         answers, _ = self._many(items, publish=True)
         return answers
 
-    def accept_many(self, items: Sequence[IngestRequest | WotrError]) -> tuple[list[Answer], Callable[[], None]]:
+    def accept_many(self, items: Sequence[IngestRequest | WotrError]) -> tuple[list[Answer], PublishStep]:
         """`ingest_many` up to the durability point, and its publish as a separate step.
 
         The answers come as soon as the objects and the metadata are durable (new events'
@@ -168,11 +191,7 @@ class IngestService:
         them, as after any failed publish.
         """
         answers, pending = self._many(items, publish=False)
-
-        def publish() -> None:
-            self._publish(pending)
-
-        return answers, publish
+        return answers, PublishStep(self, pending)
 
     def _many(
         self, items: Sequence[IngestRequest | WotrError], *, publish: bool
