@@ -10,6 +10,7 @@ libraries' C code and the Kafka client's own threads, uvloop's C parts) is the l
 measured CPU minus the samples' time.
 
     python -m bench.budget --url http://127.0.0.1:PORT/ingest --pid PID [--seconds 15]
+    python -m bench.budget --url http://127.0.0.1:PORT/ingest/batch --pid PID --batch 1000 --connections 4
 """
 
 from __future__ import annotations
@@ -24,20 +25,24 @@ import time
 from collections import Counter
 from pathlib import Path
 
-# (stage, needles in a frame "function (file)"): the first stage with a needle anywhere on
-# the stack wins, so the specific ones (write path) come before the generic ones (loop).
-STAGES: list[tuple[str, tuple[str, ...]]] = [
+# The write path's stages: a sample goes to the first of these with a needle anywhere on
+# its stack (the publish step's mark is PostgreSQL work, but it is the publish's).
+WRITE_STAGES: list[tuple[str, tuple[str, ...]]] = [
     ("publish + mark published (Kafka, PostgreSQL)", ("_publish (wotr_domain/services/ingest.py", "/kafka/bus.py",
                                                       "confluent_kafka")),
     ("archive (S3 PUT)", ("wotr_adapters/minio.py", "minio/", "urllib3/")),
     ("metadata (PostgreSQL insert)", ("wotr_adapters/postgres", "psycopg")),
+    ("group commit (queue, hand-off to the flush threads)", ("group_commit.py", "concurrent/futures")),
     ("decode and validate", ("wotr_domain/codec.py", "_prepare (wotr_domain/services/ingest.py", "msgspec",
-                             "wotr_apps/api/ingest.py", "wotr_domain/ids.py", "wotr_domain/archive.py")),
-    ("group commit (queue, hand-off to the flush threads)", ("group_commit.py", "concurrent/futures",
-                                                             "ingest_many", "accept_many", "_accept")),
-    ("middleware and telemetry", ("http_metrics.py", "opentelemetry", "wotr_apps/api/edge.py",
-                                  "wotr_apps/api/auth.py", "wotr_apps/api/limits.py", "middleware")),
-    ("routing, handler and response (Litestar)", ("litestar/", "bench/bare.py")),
+                             "wotr_domain/ids.py", "wotr_domain/archive.py", "parse_batch", "inflate",
+                             "decode_request")),
+]
+# The HTTP stack's stages: a sample goes to the stage of the innermost frame that has one
+# of these needles (the framework's own middlewares wrap every handler: they are routing).
+HTTP_STAGES: list[tuple[str, tuple[str, ...]]] = [
+    ("middleware and telemetry (ours)", ("http_metrics.py", "opentelemetry", "wotr_apps/api/edge.py",
+                                         "wotr_apps/api/auth.py", "wotr_apps/api/limits.py")),
+    ("routing, handler and response (Litestar)", ("litestar/", "bench/bare.py", "wotr_apps/api/")),
     ("HTTP parsing and writing (uvicorn, httptools)", ("uvicorn/", "httptools", "wotr_apps/api/server.py")),
     ("event loop and threads (asyncio, uvloop)", ("asyncio/", "uvloop", "threading.py", "selectors.py")),
 ]
@@ -47,9 +52,13 @@ _THREAD = re.compile(r"^(process \d+:.*?;)?thread \(.*?\): ?")
 
 
 def stage_of(stack: str) -> str:
-    for name, needles in STAGES:
+    for name, needles in WRITE_STAGES:
         if any(n in stack for n in needles):
             return name
+    for frame in reversed(stack.split(";")):
+        for name, needles in HTTP_STAGES:
+            if any(n in frame for n in needles):
+                return name
     return OTHER
 
 
@@ -61,7 +70,7 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def measure(url: str, pid: int, seconds: float, body: bytes, connections: int, pyspy: str) -> dict:
+def measure(url: str, pid: int, seconds: float, body: bytes, connections: int, pyspy: str, per_request: int = 1) -> dict:
     work = Path(tempfile.mkdtemp(prefix="wotr-budget-"))
     (work / "body.json").write_bytes(body)
     (work / "post.lua").write_text(
@@ -80,7 +89,7 @@ def measure(url: str, pid: int, seconds: float, body: bytes, connections: int, p
     rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     if spy.returncode != 0 or not profile.exists():
         raise SystemExit(f"py-spy failed: {spy.stderr[-500:]}")
-    events = rate * seconds
+    events = rate * seconds * per_request
     per_event_us = used / events * 1e6
     stages: Counter[str] = Counter()
     total = 0
@@ -102,13 +111,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=15.0)
     p.add_argument("--connections", type=int, default=64)
     p.add_argument("--pyspy", default=str(Path(sys.executable).with_name("py-spy")))
+    p.add_argument("--batch", type=int, default=0, metavar="N",
+                   help="POST a JSON array of N events per request (to /ingest/batch)")
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)
     if "127.0.0.1" not in args.url:
         p.error("the budget is measured on 127.0.0.1 only")
     from bench.openloop import event_body
 
-    result = measure(args.url, args.pid, args.seconds, event_body(1), args.connections, args.pyspy)
+    if args.batch:
+        body = b"[" + b",".join(event_body(i) for i in range(args.batch)) + b"]"
+    else:
+        body = event_body(1)
+    result = measure(args.url, args.pid, args.seconds, body, args.connections, args.pyspy, max(1, args.batch))
     print(f"{result['requests_per_s']:,.0f} requests/s, {result['cpu_us_per_event']:.0f} µs of server CPU per event")
     for name, us in result["stages_us"].items():
         print(f"  {us:6.1f} µs  {name}")
