@@ -116,15 +116,16 @@ class PostgresMetadataRepo(OnPooledSchema):
         sql = self._db.sql
         table = self._db.table("event_metadata")
         q = lambda text: sql.SQL(text).format(table=table, columns=sql.SQL(_COLUMNS))  # noqa: E731
+        # Arrays go in binary (`%b`): text arrays cost 7 µs of client CPU per row to dump, binary 1.4.
         self._insert = q(
             "INSERT INTO {table} ({columns}) SELECT * FROM unnest("
-            "%s::text[], %s::text[], %s::bigint[], %s::text[], %s::timestamptz[], %s::text[], "
-            "%s::timestamptz[], %s::text[], %s::text[], %s::int[], %s::text[]) ON CONFLICT (id) DO NOTHING RETURNING id"
+            "%b::text[], %b::text[], %b::bigint[], %b::text[], %b::timestamptz[], %b::text[], "
+            "%b::timestamptz[], %b::text[], %b::text[], %b::int[], %b::text[]) ON CONFLICT (id) DO NOTHING RETURNING id"
         )
-        self._select_ids = q("SELECT {columns} FROM {table} WHERE id = ANY(%s)")
+        self._select_ids = q("SELECT {columns} FROM {table} WHERE id = ANY(%b)")
         self._mark = q(
             "UPDATE {table} SET status = 'published', published_at = %s, lease_until = NULL "
-            "WHERE id = ANY(%s) AND status = 'stored'"
+            "WHERE id = ANY(%b) AND status = 'stored'"
         )
         # The database clock times leases, so relays on different hosts agree on expiry.
         self._claim = q(
@@ -136,7 +137,7 @@ class PostgresMetadataRepo(OnPooledSchema):
         )
         self._release = q(
             "UPDATE {table} SET lease_until = NULL "
-            "WHERE id = ANY(%s) AND status = 'stored' AND lease_until IS NOT NULL"
+            "WHERE id = ANY(%b) AND status = 'stored' AND lease_until IS NOT NULL"
         )
         self._received = q(
             "SELECT {columns} FROM {table} WHERE received_at >= %s AND received_at < %s "
