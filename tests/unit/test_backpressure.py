@@ -11,8 +11,8 @@ import asyncio
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import Callable
+from contextlib import asynccontextmanager
 
 import httpx
 import msgspec
@@ -20,6 +20,8 @@ import pytest
 from dependency_injector import providers
 
 from wotr_adapters.memory import InMemoryObjectStore
+from serving import uvicorn_serving
+
 from wotr_apps.container import build_container
 from wotr_apps.settings import Settings
 from wotr_domain.errors import Overloaded, Unavailable
@@ -359,28 +361,6 @@ class Switched(GroupCommit):
             self._observer.shed(1)
             return Overloaded("api", "the writes are behind (test)", retry_after=1.0)
         return super().refuse_if_overloaded(late)
-
-
-@contextmanager
-def uvicorn_serving(container) -> Iterator[int]:
-    """`wotr serve`'s server (the hardened protocol) in a thread on a free loopback port."""
-    from wotr_apps.api.server import build_server
-
-    server = build_server(container.app(), container.settings(), log_level="warning")
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline and thread.is_alive():
-        time.sleep(0.02)
-    assert server.started
-    try:
-        yield sock.getsockname()[1]
-    finally:
-        server.should_exit = True
-        thread.join(15)
-        sock.close()
 
 
 def read_answer(stream) -> tuple[int, dict[str, str], bytes]:

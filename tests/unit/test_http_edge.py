@@ -16,7 +16,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import tracemalloc
 import zlib
@@ -26,6 +25,8 @@ import pytest
 from litestar.testing import TestClient
 
 from wotr_adapters.memory import InMemoryAnalyticsSink, InMemoryEventBus
+from serving import uvicorn_serving
+
 from wotr_apps.api.errors import BodyTooLarge
 from wotr_apps.api.ingest import inflate
 from wotr_apps.api.server import HardenedHttpToolsProtocol, build_server
@@ -329,21 +330,9 @@ def json_of(response: bytes) -> dict:
 
 @pytest.fixture(scope="module")
 def server():
-    settings = Settings.from_env(SERVER_ENV)
-    container = build_container(settings, with_workers=False)
-    uv = build_server(container.app(), settings, log_level="warning")
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not uv.started and time.monotonic() < deadline and thread.is_alive():
-        time.sleep(0.02)
-    assert uv.started
-    yield Running(sock.getsockname()[1], container)
-    uv.should_exit = True
-    thread.join(15)
-    sock.close()
+    container = build_container(Settings.from_env(SERVER_ENV), with_workers=False)
+    with uvicorn_serving(container) as port:
+        yield Running(port, container)
 
 
 def counts(container) -> tuple[int, int]:

@@ -21,8 +21,6 @@ body is JSON text (`contentSchema`), which the generator sends as arbitrary stri
 from __future__ import annotations
 
 import json
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -36,7 +34,8 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from schemathesis.specs.openapi.checks import negative_data_rejection, positive_data_acceptance
 
-from wotr_apps.api.server import build_server
+from serving import uvicorn_serving
+
 from wotr_apps.container import build_container
 from wotr_apps.settings import Settings
 
@@ -169,22 +168,8 @@ SCHEMA = schemathesis.openapi.from_dict(DOCUMENT)
 @contextmanager
 def serving(env: dict[str, str]) -> Iterator[str]:
     """The API on a real uvicorn server on 127.0.0.1 (an ephemeral port), in a thread."""
-    config = Settings.from_env(env)
-    server = build_server(build_container(config, with_workers=False).app(), config, log_level="warning")
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline and thread.is_alive():
-        time.sleep(0.02)
-    assert server.started, "the API did not start"
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(15)
-        sock.close()
+    with uvicorn_serving(build_container(Settings.from_env(env), with_workers=False)) as port:
+        yield f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture(scope="module")

@@ -12,9 +12,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -25,8 +22,9 @@ from segment.analytics.client import Client
 from segment.analytics.request import APIError
 from segment.analytics.request import post as sdk_post
 
+from serving import uvicorn_serving
+
 from wotr_apps.api.segment import TRACKING_ROUTES, corrected_timestamp, event_id_for, tracking_batch, tracking_request
-from wotr_apps.api.server import build_server
 from wotr_apps.container import build_container
 from wotr_apps.settings import Settings
 from wotr_domain.codec import decode_event
@@ -243,23 +241,9 @@ def test_a_repeated_message_id_is_one_event_whatever_its_sent_at(client, contain
 @contextmanager
 def serving(env: dict[str, str]) -> Iterator[tuple[str, object]]:
     """The API on a real uvicorn server on 127.0.0.1 (an ephemeral port), in a thread."""
-    config = Settings.from_env(env)
-    container = build_container(config, with_workers=False)
-    server = build_server(container.app(), config, log_level="warning")
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline and thread.is_alive():
-        time.sleep(0.02)
-    assert server.started, "the API did not start"
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}", container
-    finally:
-        server.should_exit = True
-        thread.join(15)
-        sock.close()
+    container = build_container(Settings.from_env(env), with_workers=False)
+    with uvicorn_serving(container) as port:
+        yield f"http://127.0.0.1:{port}", container
 
 
 @pytest.fixture
