@@ -22,14 +22,14 @@ import shutil
 import socket
 import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import httpx
 import pytest
 
-from wotr_apps.api.server import build_server
+from serving import uvicorn_serving
+
 from wotr_apps.container import build_container
 from wotr_apps.settings import Settings
 from wotr_domain.errors import ConfigError
@@ -100,22 +100,9 @@ def page_server(sock: socket.socket, api: str) -> Iterator[str]:
 @contextmanager
 def serving(env: dict[str, str]) -> Iterator[tuple[str, object]]:
     """The API on a real uvicorn server on 127.0.0.1 (an ephemeral port), in a thread."""
-    config = Settings.from_env(env)
-    container = build_container(config, with_workers=False)
-    server = build_server(container.app(), config, log_level="warning")
-    sock = _listening()
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline and thread.is_alive():
-        time.sleep(0.02)
-    assert server.started, "the API did not start"
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}", container
-    finally:
-        server.should_exit = True
-        thread.join(15)
-        sock.close()
+    container = build_container(Settings.from_env(env), with_workers=False)
+    with uvicorn_serving(container) as port:
+        yield f"http://127.0.0.1:{port}", container
 
 
 def browse(url: str, tmp_path) -> dict:
