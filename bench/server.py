@@ -35,10 +35,8 @@ def app():
     base = os.environ["WOTR_BENCH_CHDB_DIR"]
     os.environ["CLICKHOUSE_DSN"] = f"chdb://{base}/worker-{os.getpid()}"
 
-    from wotr_apps.api.server import prefer_the_event_loop
     from wotr_apps.container import build_container
 
-    prefer_the_event_loop()  # as `wotr serve` does
     return build_container(with_workers=False).app()
 
 

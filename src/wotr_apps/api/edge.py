@@ -45,12 +45,11 @@ class LoopLag:
     """How late the event loop runs what is due: a timer every `every` seconds notes by how
     much it fired late. When the loop is the bottleneck (every request costs CPU on it),
     requests wait in its ready queue and the socket's backlog where no queue of ours sees
-    them; its lag is that wait. `lag` is the median of the last `window` samples: a loop
-    late at most turns counts as behind (also one that stalls every other turn, as when
-    threads take the interpreter from it), never one pause (a GC, a slow machine for an
-    instant)."""
+    them; its lag is that wait. `lag` is the smallest of the last `window` samples: only a
+    loop that is late at every turn counts as behind, never one pause (a GC, a slow
+    machine for an instant)."""
 
-    def __init__(self, every: float = 0.005, window: int = 5) -> None:
+    def __init__(self, every: float = 0.005, window: int = 4) -> None:
         from collections import deque
 
         self.every = every
@@ -73,7 +72,7 @@ class LoopLag:
             due = loop.time() + self.every
             await asyncio.sleep(self.every)
             self._samples.append(max(0.0, loop.time() - due))
-            self.lag = sorted(self._samples)[len(self._samples) // 2] if len(self._samples) == self._samples.maxlen else 0.0
+            self.lag = min(self._samples) if len(self._samples) == self._samples.maxlen else 0.0
 
 
 class Admission:

@@ -43,8 +43,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from ..settings import Settings
 from .edge import admission_on, refusal_body
 
-__all__ = ["EdgeLimits", "HardenedHttpToolsProtocol", "build_server", "http_protocol", "prefer_the_event_loop",
-           "run_server"]
+__all__ = ["EdgeLimits", "HardenedHttpToolsProtocol", "build_server", "http_protocol", "run_server"]
 
 log = logging.getLogger(__name__)
 
@@ -342,22 +341,8 @@ def build_server(app: Any, settings: Settings, **config: Any) -> uvicorn.Server:
     return uvicorn.Server(uvicorn.Config(app, **options))
 
 
-SWITCH_INTERVAL = 0.001  # seconds
-
-
-def prefer_the_event_loop() -> None:
-    """Let the event loop take the interpreter back within 1 ms (Python's default: 5 ms).
-
-    The API's flush and publish threads run Python (the database, S3 and Kafka clients)
-    beside the event loop; each time the loop waits for its sockets and wants the
-    interpreter back, it waits for a thread's switch interval. Under load that is several
-    times per request; a shorter interval keeps requests from queueing behind it."""
-    sys.setswitchinterval(SWITCH_INTERVAL)
-
-
 def run_server(server: uvicorn.Server, sockets: list[socket.socket] | None = None) -> None:
     """Run until a signal stops it, as `uvicorn.run` does; exit 3 if it could not start."""
-    prefer_the_event_loop()
     try:
         server.run(sockets=sockets)
     except KeyboardInterrupt:

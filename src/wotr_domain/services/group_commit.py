@@ -137,13 +137,11 @@ class GroupCommit:
         self._executor: ThreadPoolExecutor | None = None
         self._publisher: ThreadPoolExecutor | None = None
         self._steps: deque[Callable[[], None]] = deque()  # steps after flushes (publishes) not yet taken
-        self._followers = 0  # the task running those steps (at most one: one publishing thread)
+        self._followers = 0  # tasks running those steps, at most one per publishing thread
 
     async def start(self) -> None:
         self._executor = ThreadPoolExecutor(self._flushes, thread_name_prefix="wotr-flush")
-        # One publishing thread: the steps that wait for it merge into one, and every thread
-        # more is one more contender for the interpreter with the event loop.
-        self._publisher = ThreadPoolExecutor(1, thread_name_prefix="wotr-publish")
+        self._publisher = ThreadPoolExecutor(self._flushes, thread_name_prefix="wotr-publish")
         self._queue = asyncio.Queue(self.max_queued)
         self._slots = asyncio.Semaphore(self._flushes)
         self._collector = asyncio.create_task(self._collect(), name="wotr-group-commit")
@@ -271,7 +269,7 @@ class GroupCommit:
         wait meanwhile are merged (`step + step`, when they support it: one publish and one
         mark for several flushes), so the bus keeps up with any number of small flushes."""
         self._steps.append(after)
-        if self._followers < 1 and self._publisher is not None:
+        if self._followers < self._flushes and self._publisher is not None:
             self._followers += 1
             task = asyncio.create_task(self._follower())
             self._running.add(task)
