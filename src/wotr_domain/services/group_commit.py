@@ -54,7 +54,7 @@ log = logging.getLogger(__name__)
 Written = list[Any] | tuple[list[Any], Callable[[], None]]
 
 DEFAULT_MAX_QUEUED = 2000  # events waiting for a flush slot
-DEFAULT_MAX_WAIT = 0.02  # seconds of sojourn the writes may run behind (the target)
+DEFAULT_MAX_WAIT = 0.04  # seconds of sojourn the writes may run behind (the target)
 DEFAULT_STANDING = 0.05  # seconds the sojourn must stay above the target before a first refusal
 STRICT_FOR = 1.0  # seconds after a refusal during which any sojourn above the target refuses
 DEFAULT_MAX_EVENTS = 200  # events in one flush
