@@ -20,8 +20,9 @@ stayed above `max_wait` for `standing` seconds (a standing queue: more arrives t
 writes take, not one slow write), and at once on any sojourn above `max_wait` within a
 second of the last refusal (the overload goes on); or when `max_queued` events wait
 already. So a slow write now and then costs nobody a refusal, and under overload the
-accepted requests wait about `max_wait`, not seconds. A flush takes at most `max_events` events, so that its own duration, which grows
-with its size, stays a small part of an accepted event's wait. Then `submit` raises `Overloaded` at once:
+accepted requests wait about `max_wait`, not seconds. A flush takes at most `max_events`
+events, so that its own duration, which grows with its size, stays a small part of an
+accepted event's wait. Then `submit` raises `Overloaded` at once:
 the caller answers "retry later" (the API: 503 with Retry-After) instead of making the
 client wait behind seconds of queued work, and the shed request is reported to the
 observer. `InFlightLimit` is the same bound for work that is not queued here (the API's
@@ -124,7 +125,7 @@ class GroupCommit:
         self.max_wait = max_wait
         self.standing = standing
         self._above_since: float | None = None  # since when the sojourn is above max_wait
-        self._refused_at = -STRICT_FOR  # when `overloaded` last said so
+        self._refused_at = -STRICT_FOR  # when a request was last refused
         self._clock = clock
         # When each unanswered request arrived, oldest first (answered ones leave from the left).
         self._unanswered: deque[tuple[float, asyncio.Future[Any]]] = deque()
@@ -203,6 +204,7 @@ class GroupCommit:
             reason = f"the writes are behind: events wait longer than {self.max_wait * 1000:.0f} ms"
         else:
             return None
+        self._refused_at = self._clock()  # the overload goes on: strict for a while
         self._observer.shed(1)
         return Overloaded("api", reason, retry_after=self._retry_after)
 
@@ -220,10 +222,7 @@ class GroupCommit:
             return False
         if self._above_since is None:
             self._above_since = now
-        if now - self._above_since >= self.standing or now - self._refused_at < STRICT_FOR:
-            self._refused_at = now
-            return True
-        return False
+        return now - self._above_since >= self.standing or now - self._refused_at < STRICT_FOR
 
     @property
     def queued(self) -> int:
