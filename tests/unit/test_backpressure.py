@@ -279,6 +279,35 @@ def test_a_standing_queue_is_refused_a_slow_write_is_not(ingest, repo):
     assert shed.events == 1
 
 
+def test_an_admitted_request_is_not_refused_and_its_sojourn_counts_from_its_admission(ingest, repo):
+    """A request the caller admitted already (the API's protocol, at its headers) is taken
+    even while the policy sheds, and its wait counts from when it was admitted: one that
+    waited for the event loop before reaching the queue makes the queue look as old as it is."""
+    gated, shed = Gated(ingest.ingest_many), Shed()
+    now = [10.0]
+
+    async def scenario():
+        commit = GroupCommit(gated, flushes=1, max_wait=0.05, standing=0.0, observer=shed, clock=lambda: now[0])
+        await commit.start()
+        first = asyncio.create_task(commit.submit(IngestRequest(id="first", payload={}), admitted_at=9.9))
+        await until(gated.entered)
+        behind = commit.overloaded  # admitted 100 ms ago: above the 50 ms bound already
+        admitted = asyncio.create_task(commit.submit(IngestRequest(id="admitted", payload={}), admitted_at=10.0))
+        with pytest.raises(Overloaded):
+            await commit.submit(IngestRequest(id="new", payload={}))
+        await asyncio.sleep(0)
+        gated.gate.set()
+        answers = await asyncio.gather(first, admitted)
+        await commit.stop()
+        return behind, answers
+
+    behind, answers = asyncio.run(scenario())
+    assert behind
+    assert all(isinstance(a, Receipt) for a in answers)
+    assert "admitted" in repo.rows and "new" not in repo.rows
+    assert shed.events == 1
+
+
 def test_while_behind_the_api_refuses_before_reading_the_body():
     container = build_container(Settings.from_env({"WOTR_PROFILE": "memory"}), with_workers=False)
     gated = Gated(container.ingest_service().ingest_many)
@@ -355,12 +384,16 @@ class Switched(GroupCommit):
     """The real group commit, told to shed by the test (the policy itself is tested above)."""
 
     shed_now = False
+    shed_after_next = False  # admit the next request, then shed
 
-    def refuse_if_overloaded(self, late: float = 0.0) -> Overloaded | None:
+    def shed_reason(self, late: float = 0.0) -> str | None:
+        if self.shed_after_next:
+            self.shed_after_next, self.shed_now = False, True
+            return super().shed_reason(late)
         if self.shed_now:
             self._observer.shed(1)
-            return Overloaded("api", "the writes are behind (test)", retry_after=1.0)
-        return super().refuse_if_overloaded(late)
+            return "the writes are behind (test)"
+        return super().shed_reason(late)
 
 
 def read_answer(stream) -> tuple[int, dict[str, str], bytes]:
@@ -419,6 +452,21 @@ def test_the_server_refuses_at_the_connection_and_keeps_it_alive(switched):
     text = metrics.decode()
     assert _shed_metric(text) == 2
     assert http_count(text, "503") == 0 and http_count(text, "202") == 2  # never reached the application
+
+
+def test_a_request_the_server_admitted_is_served_even_if_shedding_began_since(switched):
+    """The protocol admits a request as its headers complete; shedding that begins before
+    the application runs it does not refuse it after all (the middleware does not ask
+    again), so an admitted request is never read and then refused."""
+    commit = switched.group_commit()
+    with uvicorn_serving(switched) as port, socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        commit.shed_after_next = True
+        conn.sendall(post("/ingest", b'{"payload": {"n": 1}}'))
+        code, _, _ = read_answer(conn.makefile("rb"))
+        assert commit.shed_now  # shedding began right after the admission
+        commit.shed_now = False
+    assert code == 202
+    assert switched.metadata_repo().count() == 1
 
 
 def test_a_refused_request_that_expects_100_continue_gets_its_answer_and_a_closed_connection(switched):

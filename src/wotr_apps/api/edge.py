@@ -19,7 +19,7 @@ from wotr_domain.errors import Overloaded
 from wotr_domain.services import GroupCommit, IngestService
 from wotr_domain.services.group_commit import InFlightLimit
 
-__all__ = ["Admission", "IngestEdge", "LoopLag", "admission_on", "refusal_body", "shed_early"]
+__all__ = ["ADMITTED", "Admission", "IngestEdge", "LoopLag", "admission_on", "refusal_body", "shed_early"]
 
 
 @dataclass
@@ -92,6 +92,14 @@ class Admission:
         """The refusal of one more request to a shed path now (counted as shed), or None."""
         return self.group_commit.refuse_if_overloaded(late=self.lag.lag)
 
+    def refusal_reason(self) -> str | None:
+        """`refusal` as its words only (see `GroupCommit.shed_reason`)."""
+        return self.group_commit.shed_reason(late=self.lag.lag)
+
+    @property
+    def retry_after(self) -> float:
+        return self.group_commit.retry_after
+
     async def start(self) -> None:
         """Watch the loop's lag and answer for this loop's server from now on."""
         await self.lag.start()
@@ -117,6 +125,14 @@ def refusal_body(refused: Overloaded) -> tuple[bytes, bytes]:
     return body, str(max(1, round(refused.retry_after))).encode()
 
 
+# Set in an ASGI scope by the server's protocol when it admitted the request itself, to the
+# time it did (`time.monotonic`, the group commit's clock): the middleware and the group
+# commit then do not ask again (a request admitted is served, not refused after its body
+# was read because the state changed in between), and the request's sojourn counts from
+# its headers, so the time it waits for the event loop before it is submitted counts too.
+ADMITTED = "wotr.admitted"
+
+
 def shed_early(admission: Admission) -> Any:
     """ASGI middleware: a `POST /ingest` the admission refuses is answered 503 before
     routing, its body drained unread, so a refusal costs the loop microseconds instead of a
@@ -124,7 +140,8 @@ def shed_early(admission: Admission) -> Any:
 
     def middleware(app: Any) -> Any:
         async def shed(scope: Any, receive: Any, send: Any) -> None:
-            if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in admission.paths:
+            if (scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in admission.paths
+                    and ADMITTED not in scope):
                 refused = admission.refusal()
                 if refused is not None:
                     more = True

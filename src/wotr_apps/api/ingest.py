@@ -21,7 +21,7 @@ from wotr_domain.models import BatchItemResult, IngestRequest, Receipt
 from wotr_domain.services import IngestService
 
 from .auth import INGEST_GUARDS, key_source, stamp_source, stamp_sources
-from .edge import IngestEdge
+from .edge import ADMITTED, IngestEdge
 from .errors import SUPPORTED_CODINGS, BodyTooLarge, CorruptBody, UnsupportedContentEncoding, UnsupportedMediaType
 from wotr_domain.services import GroupCommit
 from wotr_domain.services.group_commit import InFlightLimit
@@ -125,7 +125,9 @@ async def ingest_one(request: Request, edge: NamedDependency[IngestEdge]) -> Res
     except WotrError:
         ingest.note_rejected()
         raise
-    receipt = await group_commit.submit(stamp_source(event, key_source(request)))
+    # Admitted by the server as its headers came in (edge.ADMITTED): served, not refused now.
+    receipt = await group_commit.submit(stamp_source(event, key_source(request)),
+                                        admitted_at=request.scope.get(ADMITTED))  # type: ignore[call-overload]
     return Response(receipt, status_code=200 if receipt.duplicate else 202)
 
 

@@ -33,6 +33,7 @@ import logging
 import socket
 import sys
 from asyncio import TimerHandle
+from time import monotonic
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -40,8 +41,10 @@ import httptools
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
+from wotr_domain.errors import Overloaded
+
 from ..settings import Settings
-from .edge import admission_on, refusal_body
+from .edge import ADMITTED, admission_on, refusal_body
 
 __all__ = ["EdgeLimits", "HardenedHttpToolsProtocol", "build_server", "http_protocol", "run_server"]
 
@@ -69,6 +72,10 @@ class EdgeLimits:
             header_read_timeout=settings.header_read_timeout_seconds,
             body_read_timeout=settings.body_read_timeout_seconds,
         )
+
+
+# The 503 answers built so far: (reason, retry after, keep alive) -> (default headers, bytes).
+_REFUSALS: dict[tuple[str, float, bool], tuple[list[tuple[bytes, bytes]], bytes]] = {}
 
 
 class _Refused(Exception):
@@ -206,14 +213,31 @@ class HardenedHttpToolsProtocol(HttpToolsProtocol):
         cycle = self.cycle
         if cycle is not None and not cycle.response_complete:
             return False
-        refused = admission.refusal()
-        if refused is None:
+        reason = admission.refusal_reason()
+        if reason is None:
+            self.scope[ADMITTED] = monotonic()  # type: ignore[literal-required]  # served; its sojourn begins
             return False
-        body, retry = refusal_body(refused)
         # A client waiting for "100 Continue" may never send the body: close after the answer.
         keep_alive = self.parser.should_keep_alive() and not self.expect_100_continue
+        self.transport.write(self._refusal_bytes(reason, admission.retry_after, keep_alive))
+        self._skipping, self._skip_keep_alive = True, keep_alive
+        if self.expect_100_continue:
+            self._cancel_timer()
+            self.transport.close()
+        return True
+
+    def _refusal_bytes(self, reason: str, retry_after: float, keep_alive: bool) -> bytes:
+        """The whole 503 answer, built once per reason and per second (the server's default
+        headers, its Date among them, change once a second): under overload most requests
+        get it, and building it anew each time was a measurable part of a refusal."""
+        headers = self.server_state.default_headers
+        key = (reason, retry_after, keep_alive)
+        cached = _REFUSALS.get(key)
+        if cached is not None and cached[0] is headers:
+            return cached[1]
+        body, retry = refusal_body(Overloaded("api", reason, retry_after=retry_after))
         content = [STATUS_LINE[503]]
-        for name, value in self.server_state.default_headers:
+        for name, value in headers:
             content.extend([name, b": ", value, b"\r\n"])
         content.extend([
             b"content-type: application/json\r\n",
@@ -223,12 +247,10 @@ class HardenedHttpToolsProtocol(HttpToolsProtocol):
             b"\r\n",
             body,
         ])
-        self.transport.write(b"".join(content))
-        self._skipping, self._skip_keep_alive = True, keep_alive
-        if self.expect_100_continue:
-            self._cancel_timer()
-            self.transport.close()
-        return True
+        if len(_REFUSALS) >= 64:  # a handful of reasons in practice; never a leak
+            _REFUSALS.clear()
+        answer = _REFUSALS[key] = (headers, b"".join(content))
+        return answer[1]
 
     # -- limits ----------------------------------------------------------------------------
 

@@ -174,10 +174,15 @@ class GroupCommit:
                 future.set_result(Unavailable("api", "shutting down"))
         self._unanswered.clear()
 
-    async def submit(self, request: IngestRequest) -> Receipt:
+    async def submit(self, request: IngestRequest, *, admitted_at: float | None = None) -> Receipt:
+        """The request's receipt once its flush is durable. Refused at once (`Overloaded`)
+        while `overloaded`, unless the caller admitted it already by the same rule at
+        `admitted_at` (this policy's clock: the API's protocol, as the request's headers came
+        in; its sojourn counts from then, and a request read after that is served), and
+        whenever `max_queued` events wait already."""
         if self._queue is None:
             raise Unavailable("api", "not started or shutting down")
-        refused = self.refuse_if_overloaded()
+        refused = None if admitted_at is not None else self.refuse_if_overloaded()
         if refused is not None:  # shed at once: never make a client wait behind the bound
             raise refused
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -188,7 +193,7 @@ class GroupCommit:
             raise Overloaded(
                 "api", f"{self.max_queued} events are waiting to be written already", retry_after=self._retry_after
             ) from None
-        self._unanswered.append((self._clock(), future))
+        self._unanswered.append((self._clock() if admitted_at is None else admitted_at, future))
         answer = await future
         if isinstance(answer, BaseException):
             raise answer
@@ -198,15 +203,27 @@ class GroupCommit:
         """The refusal of one more request while `overloaded`, or while the caller itself is
         `late` by more than `max_wait` seconds (e.g. its event loop's lag), counted as shed;
         else None: what a driving adapter calls to refuse before it even reads the request."""
+        reason = self.shed_reason(late)
+        return None if reason is None else Overloaded("api", reason, retry_after=self._retry_after)
+
+    def shed_reason(self, late: float = 0.0) -> str | None:
+        """`refuse_if_overloaded` without the exception: why one more request is refused now
+        (counted as shed), or None. For a caller that answers thousands of refusals a
+        second and needs only the words (the API's protocol)."""
         if late > self.max_wait:
-            reason = f"the server is behind: requests wait longer than {self.max_wait * 1000:.0f} ms"
+            reason = "the server is behind: requests wait longer than %.0f ms"
         elif self.overloaded:
-            reason = f"the writes are behind: events wait longer than {self.max_wait * 1000:.0f} ms"
+            reason = "the writes are behind: events wait longer than %.0f ms"
         else:
             return None
         self._refused_at = self._clock()  # the overload goes on: strict for a while
         self._observer.shed(1)
-        return Overloaded("api", reason, retry_after=self._retry_after)
+        return reason % (self.max_wait * 1000)
+
+    @property
+    def retry_after(self) -> float:
+        """Seconds a refused client is told to wait."""
+        return self._retry_after
 
     @property
     def overloaded(self) -> bool:
