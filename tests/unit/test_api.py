@@ -188,3 +188,43 @@ def test_metrics_count_outcomes_and_http_requests():
     assert samples == {"wotr_ingest_total|accepted": 2.0, "wotr_ingest_total|duplicate": 1.0, "wotr_ingest_total|rejected": 1.0}
     assert 'http_server_request_duration_seconds_count{' in text
     assert 'http_response_status_code="422"' in text and 'http_route="POST /ingest"' in text
+
+
+def test_requests_in_flight_are_counted_while_they_run():
+    """`http.server.active_requests`: a request being served counts 1 and 0 once answered."""
+    import asyncio
+
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    from wotr_apps.api.http_metrics import HttpMetrics
+
+    reader = InMemoryMetricReader()
+    metrics = HttpMetrics(MeterProvider(metric_readers=[reader]).get_meter("t"), lambda scope: "POST /ingest")
+
+    def in_flight() -> dict[str, float]:
+        data = reader.get_metrics_data()
+        return {p.attributes["http.request.method"]: p.value
+                for rm in data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics
+                if m.name == "http.server.active_requests" for p in m.data.data_points}
+
+    async def scenario():
+        release = asyncio.Event()
+
+        async def app(scope, receive, send):
+            await release.wait()
+            await send({"type": "http.response.start", "status": 202, "headers": []})
+
+        async def send(message):
+            pass
+
+        served = asyncio.create_task(metrics(app)({"type": "http", "path": "/ingest", "method": "POST"}, None, send))
+        await asyncio.sleep(0.01)
+        during = in_flight()
+        release.set()
+        await served
+        return during, in_flight()
+
+    during, after = asyncio.run(scenario())
+    assert during == {"POST": 1}
+    assert after == {"POST": 0}

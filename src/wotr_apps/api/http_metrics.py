@@ -17,6 +17,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from opentelemetry.metrics import Observation
+
 __all__ = ["DURATION_BUCKETS", "HttpMetrics"]
 
 # The OpenTelemetry semantic conventions' advice for http.server.request.duration.
@@ -31,14 +33,22 @@ class HttpMetrics:
             "http.server.request.duration", unit="s", description="Duration of HTTP server requests.",
             explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
         )
-        self._active = meter.create_up_down_counter(
-            "http.server.active_requests", unit="{request}", description="Number of active HTTP server requests.",
+        # In flight by (method, scheme): plain counts read when metrics are collected, so a
+        # request costs two additions here instead of two OpenTelemetry measurements.
+        self._in_flight: dict[tuple[str, str], int] = {}
+        meter.create_observable_up_down_counter(
+            "http.server.active_requests", callbacks=[self._observe_active], unit="{request}",
+            description="Number of active HTTP server requests.",
         )
         self._route_of = route_of
         self._exclude = exclude
 
+    def _observe_active(self, _: Any) -> list[Observation]:
+        return [Observation(n, {"http.request.method": method, "url.scheme": scheme})
+                for (method, scheme), n in list(self._in_flight.items())]
+
     def __call__(self, app: Any) -> Any:
-        duration, active, route_of, exclude = self._duration, self._active, self._route_of, self._exclude
+        duration, in_flight, route_of, exclude = self._duration, self._in_flight, self._route_of, self._exclude
 
         async def middleware(scope: Any, receive: Any, send: Any) -> None:
             if scope["type"] != "http" or scope["path"] in exclude:
@@ -51,16 +61,15 @@ class HttpMetrics:
                     status[0] = message["status"]
                 await send(message)
 
-            method = scope["method"]
-            base = {"http.request.method": method, "url.scheme": scope.get("scheme", "http")}
-            active.add(1, base)
+            method, scheme = key = scope["method"], scope.get("scheme", "http")
+            in_flight[key] = in_flight.get(key, 0) + 1  # the event loop's thread only: no lock
             started = time.perf_counter()
             try:
                 await app(scope, receive, send_status)
             finally:
                 elapsed = time.perf_counter() - started
-                active.add(-1, base)
-                duration.record(elapsed, {**base, "http.route": route_of(scope),
-                                          "http.response.status_code": status[0]})
+                in_flight[key] -= 1
+                duration.record(elapsed, {"http.request.method": method, "url.scheme": scheme,
+                                          "http.route": route_of(scope), "http.response.status_code": status[0]})
 
         return middleware
