@@ -35,8 +35,15 @@ NDJSON_TYPES = ("application/x-ndjson", "application/ndjson", "application/jsonl
 _WBITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 
 
+def _header_values(request: Request, name: bytes) -> list[str]:
+    """The values of header `name` (lower case), read from the ASGI scope: asking the
+    framework would build its case-insensitive header mapping for every request."""
+    return [value.decode("latin-1") for key, value in request.scope["headers"] if key == name]
+
+
 def _media_type(request: Request) -> str:
-    return request.content_type[0].lower()
+    values = _header_values(request, b"content-type")
+    return values[0].partition(";")[0].strip().lower() if values else ""
 
 
 def _is_json(media_type: str) -> bool:
@@ -45,7 +52,7 @@ def _is_json(media_type: str) -> bool:
 
 def _content_coding(request: Request) -> str | None:
     """The body's content coding (`None`: identity); 415 for any other than gzip or deflate."""
-    values = request.headers.getall("content-encoding", None)
+    values = _header_values(request, b"content-encoding")
     if not values:
         return None
     codings = [c for v in values for c in (t.strip().lower() for t in v.split(",")) if c and c != "identity"]
@@ -62,7 +69,7 @@ async def _body(request: Request, limit: int) -> tuple[bytes, str | None]:
     """The raw body and its content coding; 413 as soon as the body passes `limit` bytes
     (declared or read), without reading the rest."""
     coding = _content_coding(request)
-    declared = request.headers.get("content-length")
+    declared = next(iter(_header_values(request, b"content-length")), None)
     if declared and declared.isdigit() and int(declared) > limit:
         raise BodyTooLarge(limit, f"content-length {declared}")
     chunks: list[bytes] = []
