@@ -36,6 +36,9 @@ WRITE_STAGES: list[tuple[str, tuple[str, ...]]] = [
     ("decode and validate", ("wotr_domain/codec.py", "_prepare (wotr_domain/services/ingest.py", "msgspec",
                              "wotr_domain/ids.py", "wotr_domain/archive.py", "parse_batch", "inflate",
                              "decode_request")),
+    # The service's own Python between those steps (metadata rows, receipts, answers in
+    # order): on every sample of a batch's worker thread, so after all the steps above.
+    ("ingest service (rows, receipts, answers)", ("wotr_domain/services/ingest.py",)),
 ]
 # The HTTP stack's stages: a sample goes to the stage of the innermost frame that has one
 # of these needles (the framework's own middlewares wrap every handler: they are routing).

@@ -306,3 +306,149 @@ def clickhouse_insert(client: Any, *, rows: int = 200_000, batch: int = 5_000, s
         name = "ClickHouse insert" if mode == "columns" else "ClickHouse insert, sink-style rows"
         out.append(_result(name, done / elapsed, "rows/s", done, elapsed, cpu.result, how=how))
     return out
+
+
+# -- the batch path's own I/O, alone -------------------------------------------------------
+#
+# What one `POST /ingest/batch` of `batch` events asks of PostgreSQL and Kafka, done alone
+# through wotr's own adapters: the ceiling each service sets on the batch path, and the CPU
+# each costs per event on this machine (client process and, for PostgreSQL, the backend).
+
+
+def _proc_cpu(pid: int) -> float:
+    """User + system CPU seconds of one process (its threads included), from /proc."""
+    import os
+    from pathlib import Path
+
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _batch_metadata(batch: int) -> list:
+    """`batch` metadata rows as `IngestService` records them for one batch object."""
+    import hashlib
+
+    from wotr_domain.archive import batch_key_for
+    from wotr_domain.ids import new_event_ids
+    from wotr_domain.models import EventMetadata
+
+    now = datetime.now(UTC)
+    key = batch_key_for(now)
+    return [EventMetadata(id=i, object_key=key, line=n, size=220, checksum=hashlib.sha256(i.encode()).hexdigest(),
+                          received_at=now, source="bench", type="page_view")
+            for n, i in enumerate(new_event_ids(batch))]
+
+
+def postgres_batches(ns: Namespace, *, batch: int = 1000, batches: int = 40) -> list[dict]:
+    """`PostgresMetadataRepo.record` of `batch` rows per statement (unnest of binary arrays,
+    ON CONFLICT DO NOTHING RETURNING id), then `mark_published` of the same ids: the two
+    statements each accepted batch costs PostgreSQL. One connection, one batch at a time;
+    rows/s with the CPU per row of this process and of the PostgreSQL backend."""
+    from wotr_adapters.postgres import PostgresMetadataRepo, postgres_pool
+
+    repo = PostgresMetadataRepo(postgres_pool(ns.postgres(), min_size=1, max_size=1), schema=ns.schema)
+    repo.start()
+    try:
+        with repo._db.cursor() as cur:
+            cur.execute("SELECT pg_backend_pid()")
+            backend = cur.fetchone()[0]
+        work = [_batch_metadata(batch) for _ in range(batches + 2)]
+        for rows in work[:2]:  # warm: prepared statements, the table's first pages
+            repo.record(rows)
+            repo.mark_published([m.id for m in rows], datetime.now(UTC))
+        out = []
+        for name, step in (("record", repo.record),
+                           ("mark_published", lambda rows: repo.mark_published([m.id for m in rows],
+                                                                              datetime.now(UTC)))):
+            with CpuWindow() as cpu:
+                server0, client0, t0 = _proc_cpu(backend), self_cpu_s(), time.monotonic()
+                for rows in work[2:]:
+                    step(rows)
+                elapsed = time.monotonic() - t0
+                server, client = _proc_cpu(backend) - server0, self_cpu_s() - client0
+            n = batch * batches
+            out.append(_result(f"PostgreSQL {name}, {batch:,} rows per statement", n / elapsed, "rows/s", n, elapsed,
+                               cpu.result, server_cpu_us_per_row=server / n * 1e6,
+                               client_cpu_us_per_row=client / n * 1e6,
+                               how=f"PostgresMetadataRepo.{name} on one connection, {batches} statements of {batch:,} "
+                                   "rows; server CPU from /proc of the backend"))
+        return out
+    finally:
+        with repo._db.cursor() as cur:
+            cur.execute(repo._db.sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(repo._db.sql.Identifier(ns.schema)))
+        repo.close()
+
+
+def self_cpu_s() -> float:
+    """CPU seconds of this process, all its threads (the Kafka client's included)."""
+    return time.process_time()
+
+
+def kafka_publish_batches(ns: Namespace, *, batch: int = 1000, batches: int = 40, publishers: int = 1) -> dict:
+    """`KafkaEventBus.publish` of `batch` bus messages as one batch of the ingest path makes
+    them (the encoded event, keyed by id, its object and line as headers), waiting for every
+    delivery report, `publishers` threads at a time: messages/s and this process's CPU per
+    message (the driver's threads included)."""
+    from wotr_adapters.kafka import kafka_bus
+    from wotr_domain.archive import bus_message_for
+    from wotr_domain.models import BusMessage
+
+    bus = kafka_bus(ns.kafka())
+    bus.start()
+    try:
+        key = _batch_metadata(1)[0].object_key
+        messages: list[BusMessage] = [bus_message_for(k.decode(), value, key, line)
+                                      for line, (value, k, _) in enumerate(bus_messages(batch))]
+        bus.publish(messages)  # warm: connections, metadata, the producer id
+
+        def loop(count: int) -> None:
+            for _ in range(count):
+                bus.publish(messages)
+
+        with CpuWindow() as cpu:
+            client0, t0 = self_cpu_s(), time.monotonic()
+            ts = [threading.Thread(target=loop, args=(batches // publishers,)) for _ in range(publishers)]
+            for t in ts:
+                t.start()
+            for t in ts:
+                t.join()
+            elapsed = time.monotonic() - t0
+            client = self_cpu_s() - client0
+        n = batch * (batches // publishers) * publishers
+        return _result(f"Kafka publish, {batch:,} messages per call", n / elapsed, "messages/s", n, elapsed, cpu.result,
+                       client_cpu_us_per_message=client / n * 1e6,
+                       how=f"KafkaEventBus.publish (the adapter's producer: acks=all, idempotence, lz4, linger 5 ms), "
+                           f"{publishers} publisher thread(s), {len(messages[0].value)}-byte events, each call waits "
+                           "for its delivery reports")
+    finally:
+        bus.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m bench.ceilings`: the batch path's PostgreSQL and Kafka ceilings, in a
+    namespace of their own, on the stack whose exports are in the environment
+    (`eval "$(wotr stack env)"`)."""
+    import argparse
+    import json
+    import os
+    import tempfile
+    from pathlib import Path
+
+    p = argparse.ArgumentParser(prog="python -m bench.ceilings", description=main.__doc__.splitlines()[0])
+    p.add_argument("--batch", type=int, default=1000)
+    p.add_argument("--batches", type=int, default=40)
+    p.add_argument("--publishers", type=int, default=1)
+    args = p.parse_args(argv)
+    ns = Namespace(dict(os.environ), Path(tempfile.mkdtemp(prefix="wotr-ceilings-")))
+    results = postgres_batches(ns, batch=args.batch, batches=args.batches)
+    results.append(kafka_publish_batches(ns, batch=args.batch, batches=args.batches, publishers=args.publishers))
+    for r in results:
+        extra = {k: round(v, 2) for k, v in r.items() if k.endswith(("per_row", "per_message"))}
+        print(f"{r['name']}: {r['value']:,.0f} {r['unit']} {extra} (machine busy {r['cpu']['machine_busy_cores']:.2f} "
+              f"cores)")
+    print(json.dumps(results, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

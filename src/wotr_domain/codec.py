@@ -27,6 +27,7 @@ __all__ = [
     "decode_event",
     "decode_event_fields",
     "decode_request",
+    "decode_request_array",
     "decode_requests",
     "encode",
     "nesting_exceeds",
@@ -44,6 +45,7 @@ _ENVELOPE_DEPTH = MAX_DEPTH + 1  # the request or event object around the payloa
 _encoder = msgspec.json.Encoder()
 _request_decoder = msgspec.json.Decoder(IngestRequest)
 _requests_decoder = msgspec.json.Decoder(list[msgspec.Raw])
+_request_array_decoder = msgspec.json.Decoder(list[IngestRequest])
 _event_decoder = msgspec.json.Decoder(Event)
 
 encode = _encoder.encode
@@ -110,9 +112,11 @@ def _steps(data: bytes) -> bytes:
         data = data.replace(b"\\\\", b"").replace(b'\\"', b"")
     # Now quotes alternate, opening and closing strings.
     marks = data.translate(None, _NOT_MARKS)  # brackets and quotes
-    unquoted = marks.replace(b'""', b"")
-    if b'"' not in unquoted:  # no string held a bracket (the usual case)
-        return unquoted.translate(_TO_STEPS)
+    # No string held a bracket (the usual case) when every run of quotes in `marks` has an
+    # even length (`count` pairs each run's quotes from its start): the runs then start at
+    # even quotes, so each pair is one string, and dropping the quotes leaves the brackets.
+    if 2 * marks.count(b'""') == marks.count(b'"'):
+        return marks.translate(_TO_STEPS, b'"')
     # Every other piece between quotes is a string; with an odd count of quotes the last
     # piece, an unterminated string, is dropped too.
     return b"".join(marks.split(b'"')[0::2]).translate(_TO_STEPS)
@@ -160,6 +164,21 @@ def decode_request(data: bytes | msgspec.Raw) -> IngestRequest:
         raise MalformedJson(str(e)) from e
     except RecursionError:  # unreachable within the limit; never let it escape as a 500
         raise _too_deep() from None
+
+
+def decode_request_array(data: bytes) -> list[IngestRequest] | None:
+    """Every request of a JSON array body in one pass, or None unless the body is an array
+    of valid requests within the nesting limit (then `decode_requests` splits it and each
+    item is decoded, or refused, alone: same requests, same errors).
+
+    One call into msgspec instead of one per item: half the decoding cost of a batch.
+    """
+    if nesting_exceeds(data, _ENVELOPE_DEPTH + 1):  # the array is one level more
+        return None
+    try:
+        return _request_array_decoder.decode(data)
+    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
+        return None
 
 
 def decode_requests(data: bytes) -> list[msgspec.Raw | bytes]:

@@ -9,7 +9,6 @@ a group. The driver clients live in a shared `KafkaClients`; consumers are `subs
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
 from collections.abc import Sequence
@@ -171,30 +170,29 @@ class KafkaEventBus:
         producer = self.clients.producer()
         self.clients.last_error = ""  # only errors seen during this call explain its failure
         deadline = time.monotonic() + self.delivery_timeout
-        pending = len(messages)
-        errors: list[str] = []
-        guard = threading.Lock()
+        # One entry per delivery report (the error, or None): list.append is atomic, so a
+        # report served by another publisher's poll needs no lock.
+        reports: list[KafkaError | None] = []
+        report = reports.append
 
         def delivered(err: KafkaError | None, _msg: Message) -> None:
-            nonlocal pending
-            with guard:
-                pending -= 1
-                if err is not None:
-                    errors.append(err.str())
+            report(err)
 
+        produce = producer.produce
         for m in messages:
-            headers = [(k, v.encode()) for k, v in m.headers.items()]
             while True:
-                try:
-                    producer.produce(topic, m.value, m.key.encode(), headers=headers, on_delivery=delivered)
+                try:  # the driver encodes a str key and str header values as UTF-8 itself
+                    produce(topic, m.value, m.key, headers=m.headers, on_delivery=delivered)
                     break
                 except BufferError:  # local queue full: serve delivery reports to make room
                     if time.monotonic() >= deadline:
                         raise Unavailable(DEPENDENCY, f"local producer queue full, {topic} not accepting") from None
                     producer.poll(0.1)
-        while pending and (remaining := deadline - time.monotonic()) > 0:
+        while len(reports) < len(messages) and (remaining := deadline - time.monotonic()) > 0:
             # Short waits: another publisher's poll may serve our reports while we sleep.
             producer.poll(min(remaining, 0.01))
+        pending = len(messages) - len(reports)
+        errors = [err.str() for err in reports if err is not None]
         if pending or errors:
             failed = pending + len(errors)
             detail = errors[0] if errors else f"no delivery report within {self.delivery_timeout:g}s"

@@ -15,7 +15,7 @@ import anyio.to_thread
 from litestar import Request, Response, post
 from litestar.di import NamedDependency
 
-from wotr_domain.codec import decode_request, decode_requests
+from wotr_domain.codec import decode_request, decode_request_array, decode_requests
 from wotr_domain.errors import InvalidEvent, PayloadTooLarge, WotrError
 from wotr_domain.models import BatchItemResult, IngestRequest, Receipt
 from wotr_domain.services import IngestService
@@ -149,13 +149,14 @@ def parse_batch(body: bytes, media_type: str, max_events: int) -> list[IngestReq
     """Split a JSON array or NDJSON body into requests; a bad item becomes its own error."""
     _check_batch_type(media_type)
     if _is_json(media_type):
+        whole = decode_request_array(body)  # every item valid: decoded in one pass
+        if whole is not None:
+            _check_count(len(whole), max_events)
+            return whole  # type: ignore[return-value]
         raw_items = decode_requests(body)
     else:
         raw_items = [line for line in body.splitlines() if line.strip()]
-    if not raw_items:
-        raise InvalidEvent("batch is empty")
-    if len(raw_items) > max_events:
-        raise PayloadTooLarge(len(raw_items), max_events, unit="events")
+    _check_count(len(raw_items), max_events)
     items: list[IngestRequest | InvalidEvent] = []
     for raw in raw_items:
         try:
@@ -163,6 +164,13 @@ def parse_batch(body: bytes, media_type: str, max_events: int) -> list[IngestReq
         except InvalidEvent as e:  # MalformedJson and too deep included: one bad item spoils only itself
             items.append(e)
     return items
+
+
+def _check_count(count: int, max_events: int) -> None:
+    if not count:
+        raise InvalidEvent("batch is empty")
+    if count > max_events:
+        raise PayloadTooLarge(count, max_events, unit="events")
 
 
 @post("/ingest/batch", status_code=202, summary="Ingest a batch of events (JSON array or NDJSON)", guards=INGEST_GUARDS)

@@ -24,7 +24,7 @@ import msgspec
 from ..archive import batch_key_for, bus_message_for, fingerprint, object_key_for
 from ..codec import encode, sha256_hex
 from ..errors import Conflict, InvalidEvent, PayloadTooLarge, Refused, Unavailable, WotrError
-from ..ids import new_event_id, validate_event_id
+from ..ids import new_event_id, new_event_ids, validate_event_id
 from ..models import (
     BatchItemResult,
     Event,
@@ -47,6 +47,9 @@ MAX_TEXT_FIELD_CHARS = 256
 EARLIEST_TIMESTAMP = datetime(1900, 1, 1, tzinfo=UTC)
 LATEST_TIMESTAMP = datetime(2299, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# `source` and `type` values already found valid (the same few recur in every batch);
+# cleared when it reaches the bound, so varied values cost only the check itself.
+_KNOWN_TEXT_MAX = 4096
 
 
 def utcnow() -> datetime:
@@ -72,7 +75,7 @@ def validate_timestamp(value: datetime | None) -> None:
         raise InvalidEvent("timestamp must be between 1900-01-01 and 2299-12-31 (UTC)", field="timestamp")
 
 
-class _Prepared(msgspec.Struct, frozen=True):
+class _Prepared(msgspec.Struct, frozen=True, gc=False):
     """A validated event, its archived bytes and the fingerprint of its content (None for
     an id wotr generated: nothing else can carry it)."""
 
@@ -80,29 +83,6 @@ class _Prepared(msgspec.Struct, frozen=True):
     body: bytes
     fingerprint: str | None
     client_id: bool
-
-
-class _Placed(msgspec.Struct, frozen=True):
-    """A prepared event and where its bytes are archived."""
-
-    item: _Prepared
-    key: str
-    line: int | None
-
-    @property
-    def id(self) -> str:
-        return self.item.event.id
-
-    def metadata(self) -> EventMetadata:
-        e = self.item.event
-        return EventMetadata(
-            id=e.id, object_key=self.key, line=self.line, size=len(self.item.body),
-            checksum=sha256_hex(self.item.body), received_at=e.received_at, source=e.source, type=e.type,
-            fingerprint=self.item.fingerprint,
-        )
-
-    def receipt(self, status: EventStatus = EventStatus.STORED) -> Receipt:
-        return Receipt(id=self.id, object_key=self.key, status=status, line=self.line)
 
 
 Answer = Receipt | WotrError
@@ -152,6 +132,7 @@ class IngestService:
         self._max_event_bytes = max_event_bytes
         self._clock = clock
         self._observer = observer or NullObserver()
+        self._known_text: set[str] = set()
 
     def note_rejected(self, events: int = 1) -> None:
         """Count input refused before it reached the service (undecodable, too large, wrong type)."""
@@ -160,7 +141,7 @@ class IngestService:
     def ingest(self, request: IngestRequest) -> Receipt:
         """Accept one event; raises `InvalidEvent`, `PayloadTooLarge`, `Conflict`, `Refused` or `Unavailable`."""
         try:
-            prepared = self._prepare(request, self._clock())
+            prepared = self._prepare(request, self._clock(), new_event_id)
         except WotrError:
             self._observer.rejected(1)
             raise
@@ -196,22 +177,27 @@ class IngestService:
     def _many(
         self, items: Sequence[IngestRequest | WotrError], *, publish: bool
     ) -> tuple[list[Answer], list[tuple[_Prepared, Receipt]]]:
-        answers: dict[int, Answer] = {}
-        prepared: list[tuple[int, _Prepared]] = []
+        answers: list[Answer | None] = [None] * len(items)
+        indexes: list[int] = []
+        prepared: list[_Prepared] = []
         received_at = self._clock()  # one reception time: the batch is one object, on one date
+        # The ids to generate, all at once (one read of the clock and of the random source).
+        next_id = iter(new_event_ids(sum(1 for i in items if not isinstance(i, WotrError) and i.id is None))).__next__
+        prepare = self._prepare
         for index, item in enumerate(items):
             try:
                 if isinstance(item, WotrError):
                     raise item
-                prepared.append((index, self._prepare(item, received_at)))
+                prepared.append(prepare(item, received_at, next_id))
+                indexes.append(index)
             except (InvalidEvent, PayloadTooLarge) as e:
                 answers[index] = e
-        if answers:
-            self._observer.rejected(len(answers))
-        accepted, pending = self._accept([p for _, p in prepared], publish=publish) if prepared else ([], [])
-        for (index, _), answer in zip(prepared, accepted, strict=True):
+        if len(prepared) < len(items):
+            self._observer.rejected(len(items) - len(prepared))
+        accepted, pending = self._accept(prepared, publish=publish) if prepared else ([], [])
+        for index, answer in zip(indexes, accepted, strict=True):
             answers[index] = answer
-        return [answers[i] for i in range(len(items))], pending
+        return answers, pending  # type: ignore[return-value]  # every index answered
 
     def ingest_batch(self, items: Sequence[IngestRequest | InvalidEvent]) -> list[BatchItemResult]:
         """`ingest_many`, answered as per-item results in input order."""
@@ -219,28 +205,35 @@ class IngestService:
 
     # -- steps -------------------------------------------------------------------------
 
-    def _prepare(self, request: IngestRequest, received_at: datetime) -> _Prepared:
-        event_id = new_event_id() if request.id is None else validate_event_id(request.id)
-        validate_text_field("source", request.source)
-        validate_text_field("type", request.type)
-        validate_timestamp(request.timestamp)
+    def _prepare(self, request: IngestRequest, received_at: datetime, new_id: Callable[[], str]) -> _Prepared:
+        """Validate and encode one request; `new_id` gives the id when the client sent none."""
+        client_id = request.id is not None
+        event_id = validate_event_id(request.id) if client_id else new_id()  # type: ignore[arg-type]
+        source, type_, timestamp = request.source, request.type, request.timestamp
+        known = self._known_text
+        if source is not None and source not in known:
+            validate_text_field("source", source)
+            self._knows(source)
+        if type_ is not None and type_ not in known:
+            validate_text_field("type", type_)
+            self._knows(type_)
+        if timestamp is not None:
+            validate_timestamp(timestamp)
         event = Event(
-            id=event_id,
-            received_at=received_at,
-            payload=request.payload,
-            source=request.source,
-            type=request.type,
-            timestamp=request.timestamp,
+            id=event_id, received_at=received_at, payload=request.payload, source=source, type=type_, timestamp=timestamp
         )
         body = encode(event)
         if len(body) > self._max_event_bytes:
             raise PayloadTooLarge(len(body), self._max_event_bytes)
         # Only a client's id can be sent again: a generated one needs no fingerprint.
-        content = (
-            fingerprint(event_id, request.payload, request.source, request.type, request.timestamp)
-            if request.id is not None else None
-        )
-        return _Prepared(event, body, content, client_id=request.id is not None)
+        content = fingerprint(event_id, request.payload, source, type_, timestamp) if client_id else None
+        return _Prepared(event, body, content, client_id)
+
+    def _knows(self, text: str) -> None:
+        """Remember a valid `source` or `type` value (the same rules hold for both)."""
+        if len(self._known_text) >= _KNOWN_TEXT_MAX:
+            self._known_text.clear()
+        self._known_text.add(text)
 
     def _accept(self, batch: list[_Prepared], *, publish: bool) -> tuple[list[Answer], list[tuple[_Prepared, Receipt]]]:
         """Answers in input order: the first item of each id decides, repeats follow it.
@@ -255,53 +248,62 @@ class IngestService:
         pending: list[tuple[_Prepared, Receipt]] = []
         answers: dict[str, Answer] = {}
         for p in batch:
-            if p.event.id in first:
+            event_id = p.event.id
+            if event_id in first:
                 continue
-            first[p.event.id] = p
-            if p.event.id in existing:
-                answers[p.event.id] = _against(existing[p.event.id], p)
+            first[event_id] = p
+            if event_id in existing:
+                answers[event_id] = _against(existing[event_id], p)
             else:
                 fresh.append(p)
+        new_bytes = 0
         if fresh:
-            answers.update(self._store_and_record(fresh))
-            pending = [(p, answers[p.event.id]) for p in fresh if _is_new(answers[p.event.id])]
+            stored = self._store_and_record(fresh)
+            answers.update(stored)
+            pending = [(p, a) for p in fresh if _is_new(a := stored[p.event.id])]  # type: ignore[misc]
+            new_bytes = sum(len(p.body) for p, _ in pending)
             if publish:
                 published = self._publish(pending)
-                for p, _ in pending:
-                    if p.event.id in published:
-                        answers[p.event.id] = msgspec.structs.replace(answers[p.event.id], status=EventStatus.PUBLISHED)
+                if published:
+                    replace = msgspec.structs.replace
+                    for p, a in pending:
+                        if p.event.id in published:
+                            answers[p.event.id] = replace(a, status=EventStatus.PUBLISHED)
                 pending = []
-        out: list[Answer] = []
-        for p in batch:
-            answer = answers[p.event.id]
-            if p is not first[p.event.id]:  # the same id again in one call: it follows the first
-                answer = _repeat(answer, first[p.event.id], p)
-            out.append(answer)
-        self._count(out, sum(len(p.body) for p in fresh if _is_new(answers[p.event.id])))
+        if len(first) == len(batch):  # no id twice in this call
+            out = [answers[p.event.id] for p in batch]
+        else:
+            out = []
+            for p in batch:
+                answer = answers[p.event.id]
+                if p is not first[p.event.id]:  # the same id again in one call: it follows the first
+                    answer = _repeat(answer, first[p.event.id], p)
+                out.append(answer)
+        self._count(out, new_bytes)
         return out, pending
 
     def _count(self, answers: list[Answer], new_bytes: int) -> None:
-        new = sum(1 for a in answers if isinstance(a, Receipt) and not a.duplicate)
-        duplicates = sum(1 for a in answers if isinstance(a, Receipt) and a.duplicate)
-        refused = sum(1 for a in answers if isinstance(a, WotrError))
+        receipts = [a.duplicate for a in answers if isinstance(a, Receipt)]
+        duplicates = sum(receipts)
+        new = len(receipts) - duplicates
+        refused = len(answers) - len(receipts)  # the others are errors
         self._observer.accepted(new, new_bytes)
         self._observer.duplicates(duplicates)
         if refused:
             self._observer.rejected(refused)
 
-    def _place(self, fresh: list[_Prepared]) -> tuple[list[_Placed], bytes, str]:
-        """Where each event goes: its own object for one event, one NDJSON object for several."""
+    def _place(self, fresh: list[_Prepared]) -> tuple[str, Sequence[int | None], bytes, str]:
+        """Where the events go (the object's key and each event's line in it): its own object
+        for one event, one NDJSON object for several."""
         if len(fresh) == 1:
             p = fresh[0]
             key = object_key_for(p.event.id, p.event.received_at, client_id=p.client_id)
-            return [_Placed(p, key, None)], p.body, "application/json"
+            return key, (None,), p.body, "application/json"
         key = batch_key_for(fresh[0].event.received_at)
-        placed = [_Placed(p, key, line) for line, p in enumerate(fresh)]
-        return placed, b"\n".join(p.body for p in fresh) + b"\n", "application/x-ndjson"
+        return key, range(len(fresh)), b"\n".join([p.body for p in fresh]) + b"\n", "application/x-ndjson"
 
     def _store_and_record(self, fresh: list[_Prepared]) -> dict[str, Answer]:
-        placed, data, content_type = self._place(fresh)
-        key = placed[0].key
+        key, lines, data, content_type = self._place(fresh)
         try:
             self._store.put(key, data, content_type)
         except Unavailable:
@@ -310,11 +312,11 @@ class IngestService:
         except Refused as e:
             return self._one_by_one(fresh) if len(fresh) > 1 else {fresh[0].event.id: e}
         try:
-            recorded = self._repo.record([p.metadata() for p in placed])
+            recorded = self._repo.record(_metadata(fresh, key, lines))
         except Unavailable as e:
             self._observer.failed(len(fresh))
             if e.uncertain:  # the rows may have been committed: keep an accepted event's bytes
-                self._discard_unrecorded(key, [p.id for p in placed])
+                self._discard_unrecorded(key, [p.event.id for p in fresh])
             else:
                 self._discard(key)
             raise
@@ -322,9 +324,14 @@ class IngestService:
             self._discard(key)  # a refused statement wrote nothing: the object is no event's
             return self._one_by_one(fresh) if len(fresh) > 1 else {fresh[0].event.id: e}
         answers: dict[str, Answer] = {}
-        for p, rec in zip(placed, recorded, strict=True):
+        stored = EventStatus.STORED
+        for p, line, rec in zip(fresh, lines, recorded, strict=True):
+            event_id = p.event.id
             # Not created: a concurrent request for the same id recorded first and is the event.
-            answers[p.id] = p.receipt() if rec.created else _against(rec.metadata, p.item)
+            answers[event_id] = (
+                Receipt(id=event_id, object_key=key, status=stored, line=line) if rec.created
+                else _against(rec.metadata, p)
+            )
         if not any(rec.created for rec in recorded):
             self._discard(key)  # our own attempt's key: no accepted event's bytes are in it
         return answers
@@ -389,6 +396,17 @@ class IngestService:
             return
         if not named:
             self._discard(key)
+
+
+def _metadata(fresh: list[_Prepared], key: str, lines: Sequence[int | None]) -> list[EventMetadata]:
+    """The metadata rows of events archived in the object `key`, at `lines`."""
+    return [
+        EventMetadata(
+            id=(e := p.event).id, object_key=key, line=line, size=len(p.body), checksum=sha256_hex(p.body),
+            received_at=e.received_at, source=e.source, type=e.type, fingerprint=p.fingerprint,
+        )
+        for p, line in zip(fresh, lines, strict=True)
+    ]
 
 
 def _is_new(answer: Answer) -> bool:
