@@ -36,8 +36,11 @@ def app():
     os.environ["CLICKHOUSE_DSN"] = f"chdb://{base}/worker-{os.getpid()}"
 
     from wotr_apps.container import build_container
+    from wotr_apps.runners import tune_gc
 
-    return build_container(with_workers=False).app()
+    app = build_container(with_workers=False).app()
+    tune_gc()  # as `wotr serve` does
+    return app
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -156,16 +156,18 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run_service(args: argparse.Namespace) -> int:
     from .container import build_container
-    from .runners import run_until_signalled, serve, tune_gc_for_batches
+    from .runners import run_until_signalled, serve, tune_gc
     from .settings import Settings
 
     settings = Settings.from_env()
     if args.command == "serve":
-        return serve(build_container(settings, role="serve", with_workers=args.workers))  # 70: a worker crashed
+        container = build_container(settings, role="serve", with_workers=args.workers)
+        tune_gc()
+        return serve(container)  # 70: a worker crashed
     container = build_container(settings, role=args.command)
     port = args.metrics_port if args.metrics_port is not None else (settings.metrics_port or METRICS_PORTS[args.command])
     if args.command == "consume":
-        tune_gc_for_batches()
+        tune_gc()
     return run_until_signalled(container, metrics_port=port, ready_file=args.ready_file)
 
 
