@@ -522,97 +522,123 @@ def consumer_processes(ns: Namespace, n: int, messages: list, *, partitions: int
 # -- ETL at growing archive sizes ---------------------------------------------------------
 
 
-def etl_sizes(sizes: list[int], *, runs: int, warmup: int, budgets: list[float], workdir: Path | None = None) -> dict:
-    """`bench.etl` in one child process: the archive grows to each size and the ETL runs
-    `runs` times at each. Size i must finish (generation and runs) within `budgets[i]`
-    seconds of starting; past it, the process is stopped and what finished is kept (a
-    size with some runs done counts with those). Its processes' peak RSS is sampled. The
-    archive lives in `workdir` (removed by the harness with its work directory)."""
-    cmd = [PY, "-m", "bench.etl", "--sizes", ",".join(map(str, sizes)), "--runs", str(runs), "--warmup", str(warmup),
-           "--budgets", ",".join(f"{b:.0f}" for b in budgets)]
-    if workdir is not None:  # a directory the harness removes, even when this process is killed at its bound
-        cmd += ["--dir", str(workdir)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
-                            start_new_session=True)
-    lines: queue.Queue = queue.Queue()
-    err_tail: deque[str] = deque(maxlen=200)
+def etl_sizes(sizes: list[int], *, runs: int, warmup: int, budgets: list[float], workdir: Path | None = None,
+              per_object: int = 200, also: tuple[tuple[int, list[int], list[float]], ...] = ()) -> dict:
+    """`bench.etl` in one child process per archive layout: the archive grows to each size
+    and the ETL runs `runs` times at each. Size i must finish (generation and runs) within
+    `budgets[i]` seconds of starting; past it, the process is stopped and what finished is
+    kept (a size with some runs done counts with those). Its processes' peak RSS is
+    sampled. The archive lives in `workdir` (removed by the harness with its work
+    directory), one subdirectory per layout.
 
-    def pump(stream, sink) -> None:
-        for line in stream:
-            sink(line)
-        if stream is proc.stdout:
-            lines.put(None)
+    The headline layout is `per_object` events per raw object (200: NDJSON objects as the
+    group commit writes them under load; 1: one object per event); `also` lists further
+    layouts, `(per_object, sizes, budgets)`, each measured after it in its own process
+    (no warm-up run but the first size's) and returned in `out["also"]`."""
 
-    threading.Thread(target=pump, args=(proc.stdout, lines.put), daemon=True).start()
-    threading.Thread(target=pump, args=(proc.stderr, err_tail.append), daemon=True).start()
-    peak: dict[int, dict] = {}
-    by_size: dict[int, dict] = {s: {"size": s, "runs": [], "warmup": []} for s in sizes}
-    out: dict = {"sizes": sizes, "runs_per_size": runs, "budgets_s": budgets, "by_size": by_size}
-    t_start = time.monotonic()
-    current = 0
-    size_started = time.monotonic()
-    stopped_for: int | None = None
-    while True:
-        for p in rss_tree(proc.pid) if proc.poll() is None else []:
-            peak[p["pid"]] = p
-        deadline = size_started + budgets[min(current, len(budgets) - 1)]
-        try:
-            line = lines.get(timeout=min(1.0, max(0.0, deadline - time.monotonic())) or 0.01)
-        except queue.Empty:
-            line = ""
-        if line is None:
-            break
-        if line:
+    def label(n: int) -> str:
+        return "single" if n == 1 else f"ndjson-{n}"
+
+    def one(per_object: int, sizes: list[int], budgets: list[float], runs: int, warmup: int,
+            workdir: Path | None) -> dict:
+        layout = label(per_object)
+        cmd = [PY, "-m", "bench.etl", "--sizes", ",".join(map(str, sizes)), "--per-object", str(per_object),
+               "--runs", str(runs), "--warmup", str(warmup), "--budgets", ",".join(f"{b:.0f}" for b in budgets)]
+        if workdir is not None:  # a directory the harness removes, even when this process is killed at its bound
+            cmd += ["--dir", str(workdir)]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+                                start_new_session=True)
+        lines: queue.Queue = queue.Queue()
+        err_tail: deque[str] = deque(maxlen=200)
+
+        def pump(stream, sink) -> None:
+            for line in stream:
+                sink(line)
+            if stream is proc.stdout:
+                lines.put(None)
+
+        threading.Thread(target=pump, args=(proc.stdout, lines.put), daemon=True).start()
+        threading.Thread(target=pump, args=(proc.stderr, err_tail.append), daemon=True).start()
+        peak: dict[int, dict] = {}
+        by_size: dict[int, dict] = {s: {"size": s, "runs": [], "warmup": []} for s in sizes}
+        out: dict = {"layout": layout, "per_object": per_object, "sizes": sizes, "runs_per_size": runs,
+                     "warmup": warmup, "budgets_s": budgets, "by_size": by_size}
+        t_start = time.monotonic()
+        current = 0
+        size_started = time.monotonic()
+        stopped_for: int | None = None
+        while True:
+            for p in rss_tree(proc.pid) if proc.poll() is None else []:
+                peak[p["pid"]] = p
+            deadline = size_started + budgets[min(current, len(budgets) - 1)]
             try:
-                ev = json.loads(line)
-            except ValueError:
-                continue
-            kind = ev.get("event")
-            if kind == "spark":
-                out["spark_start_s"] = ev["seconds"]
-                size_started = time.monotonic()  # Spark's start is not the first size's
-            elif kind == "generated":
-                by_size[ev["size"]]["generate_s"] = ev["seconds"]
-            elif kind in ("run", "warmup"):
-                by_size[ev["size"]]["runs" if kind == "run" else "warmup"].append(ev)
-                say(f"    ETL {ev['size']:,} events, {kind}: {ev['rows_per_s']:,.0f} rows/s ({ev['seconds']:.1f}s)")
-            elif kind == "skipped":
-                by_size[ev["size"]]["skipped_runs"] = ev["runs"]
-            elif kind == "size_done":
-                by_size[ev["size"]]["complete"] = True
-                by_size[ev["size"]]["seconds"] = time.monotonic() - size_started
-                current += 1
-                size_started = time.monotonic()
-        if proc.poll() is None and time.monotonic() > deadline and current < len(sizes):
-            stopped_for = sizes[current]
-            say(f"    ETL: {stopped_for:,} events did not finish within {budgets[min(current, len(budgets) - 1)]:g}s; "
-                "stopping it")
+                line = lines.get(timeout=min(1.0, max(0.0, deadline - time.monotonic())) or 0.01)
+            except queue.Empty:
+                line = ""
+            if line is None:
+                break
+            if line:
+                try:
+                    ev = json.loads(line)
+                except ValueError:
+                    continue
+                kind = ev.get("event")
+                if kind == "spark":
+                    out["spark_start_s"] = ev["seconds"]
+                    size_started = time.monotonic()  # Spark's start is not the first size's
+                elif kind == "generated":
+                    by_size[ev["size"]]["generate_s"] = ev["seconds"]
+                elif kind in ("run", "warmup"):
+                    by_size[ev["size"]]["runs" if kind == "run" else "warmup"].append(ev)
+                    say(f"    ETL {ev['size']:,} events ({layout}), {kind}: {ev['rows_per_s']:,.0f} rows/s ({ev['seconds']:.1f}s)")
+                elif kind == "skipped":
+                    by_size[ev["size"]]["skipped_runs"] = ev["runs"]
+                elif kind == "size_done":
+                    by_size[ev["size"]]["complete"] = True
+                    by_size[ev["size"]]["seconds"] = time.monotonic() - size_started
+                    current += 1
+                    size_started = time.monotonic()
+            if proc.poll() is None and time.monotonic() > deadline and current < len(sizes):
+                stopped_for = sizes[current]
+                say(f"    ETL: {stopped_for:,} events ({layout}) did not finish within {budgets[min(current, len(budgets) - 1)]:g}s; "
+                    "stopping it")
+                import os
+                import signal
+
+                try:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                    proc.wait(20)
+                except Exception:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                break
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
             import os
             import signal
 
-            try:
-                os.killpg(proc.pid, signal.SIGTERM)
-                proc.wait(20)
-            except Exception:
-                os.killpg(proc.pid, signal.SIGKILL)
-            break
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        import os
-        import signal
+            os.killpg(proc.pid, signal.SIGKILL)
+        out["wall_s"] = time.monotonic() - t_start
+        out["stopped_at_size"] = stopped_for
+        out["returncode"] = proc.returncode
+        out["peak_rss"] = sorted(peak.values(), key=lambda p: -p["peak_mib"])
+        if proc.returncode not in (0, None) and stopped_for is None:
+            out["error"] = "".join(err_tail)[-1500:]
+        for s, entry in by_size.items():
+            if entry["runs"]:
+                entry.update(summarize_reps(entry["runs"], lambda r: r["rows_per_s"], [], "rows/s"))
+                entry["rows_per_s"] = entry["reps"]["median"]
+        done = [s for s in sizes if by_size[s]["runs"]]
+        out["largest_done"] = max(done) if done else None
+        return out
 
-        os.killpg(proc.pid, signal.SIGKILL)
-    out["wall_s"] = time.monotonic() - t_start
-    out["stopped_at_size"] = stopped_for
-    out["returncode"] = proc.returncode
-    out["peak_rss"] = sorted(peak.values(), key=lambda p: -p["peak_mib"])
-    if proc.returncode not in (0, None) and stopped_for is None:
-        out["error"] = "".join(err_tail)[-1500:]
-    for s, entry in by_size.items():
-        if entry["runs"]:
-            entry.update(summarize_reps(entry["runs"], lambda r: r["rows_per_s"], [], "rows/s"))
-            entry["rows_per_s"] = entry["reps"]["median"]
-    done = [s for s in sizes if by_size[s]["runs"]]
-    out["largest_done"] = max(done) if done else None
+    out = one(per_object, sizes, budgets, runs, warmup, None if workdir is None else workdir / label(per_object))
+    out["also"] = []
+    for n, more_sizes, more_budgets in also:
+        try:
+            out["also"].append(one(n, list(more_sizes), list(more_budgets), runs, warmup,
+                                   None if workdir is None else workdir / label(n)))
+        except Exception as e:  # the headline stands on its own
+            out["also"].append({"layout": label(n), "per_object": n, "sizes": list(more_sizes),
+                                "error": f"{type(e).__name__}: {e}"[:1500]})
     return out

@@ -159,7 +159,7 @@ def goals(results: dict) -> list[dict]:
         row("POST /ingest saturation as a share of the bare framework", f"{v / b:.0%} ({_num(v)} of {_num(b)} events/s)",
             f">= {TARGETS['ingest_share_of_bare']:.0%}", v / b >= TARGETS["ingest_share_of_bare"],
             f"each wotr run over the bare median: {_values_spread(shares, pct=True)}; bare framework "
-            f"{_spread(bare)} events/s")
+            f"{_spread(bare)} events/s" + _memory_share(ceil.get("wotr_memory"), b))
     else:
         row("POST /ingest saturation as a share of the bare framework", "not measured",
             f">= {TARGETS['ingest_share_of_bare']:.0%}", None)
@@ -219,23 +219,28 @@ def goals(results: dict) -> list[dict]:
 
     etl = hops.get("etl")
     if _ok(etl) and etl.get("by_size"):
-        sizes = etl["sizes"]
-        for i, size in enumerate(sizes):
-            e = etl["by_size"].get(size) or etl["by_size"].get(str(size)) or {}
-            last = i == len(sizes) - 1
-            target = f">= {TARGETS['etl_rows_per_s']:,} rows/s" if last else "(reported)"
-            if e.get("rows_per_s"):
-                row(f"ETL at {size:,} archived events", f"{_spread(e)} rows/s", target,
-                    e["rows_per_s"] >= TARGETS["etl_rows_per_s"] if last else None,
-                    "" if e.get("complete") else "time bound hit after the runs shown")
-            else:
-                largest = etl.get("largest_done")
-                le = (etl["by_size"].get(largest) or etl["by_size"].get(str(largest)) or {}) if largest else {}
-                budget = etl["budgets_s"][min(i, len(etl["budgets_s"]) - 1)]
-                row(f"ETL at {size:,} archived events", f"did not finish within {budget:.0f} s", target,
-                    False if last else None,
-                    f"largest size that finished: {largest:,} events at {_num(le.get('rows_per_s'))} rows/s"
-                    if largest else "no size finished")
+        for k, lay in enumerate(_etl_layouts(etl)):
+            sizes = lay.get("sizes") or []
+            name = _etl_layout_name(lay)
+            if not lay.get("by_size"):
+                row(f"ETL ({name})", "not measured", "(reported)", None, str(lay.get("error") or "")[:200])
+                continue
+            for i, size in enumerate(sizes):
+                e = lay["by_size"].get(size) or lay["by_size"].get(str(size)) or {}
+                last = k == 0 and i == len(sizes) - 1  # the goal: the headline layout's largest size
+                target = f">= {TARGETS['etl_rows_per_s']:,} rows/s" if last else "(reported)"
+                if e.get("rows_per_s"):
+                    row(f"ETL at {size:,} archived events ({name})", f"{_spread(e)} rows/s", target,
+                        e["rows_per_s"] >= TARGETS["etl_rows_per_s"] if last else None,
+                        "" if e.get("complete") else "time bound hit after the runs shown")
+                else:
+                    largest = lay.get("largest_done")
+                    le = (lay["by_size"].get(largest) or lay["by_size"].get(str(largest)) or {}) if largest else {}
+                    budget = lay["budgets_s"][min(i, len(lay["budgets_s"]) - 1)]
+                    row(f"ETL at {size:,} archived events ({name})", f"did not finish within {budget:.0f} s", target,
+                        False if last else None,
+                        f"largest size that finished: {largest:,} events at {_num(le.get('rows_per_s'))} rows/s"
+                        if largest else "no size finished")
     else:
         why = "not measured" if not etl else etl.get("skipped") or etl.get("failure") or "failed"
         row("ETL rows/s at growing archive sizes", why, f">= {TARGETS['etl_rows_per_s']:,} rows/s at 1M", None)
@@ -439,37 +444,67 @@ def _cpu_median(r: dict | None) -> float | None:
     return statistics.median(x["server_cpu_us_per_event"] for x in _runs(r))
 
 
+def _etl_layouts(etl: dict) -> list[dict]:
+    """The ETL hop's layouts: the headline one (the hop itself), then those measured after it."""
+    return [etl, *(etl.get("also") or [])]
+
+
+def _etl_layout_name(lay: dict) -> str:
+    """`ndjson-200` (NDJSON objects of 200 events) or `single` (one object per event; results
+    from before layouts were named were all single)."""
+    return lay.get("layout") or "single"
+
+
+def _etl_layout_words(lay: dict) -> str:
+    n = lay.get("per_object") or 1
+    return "one object per event" if n == 1 else f"NDJSON objects of {n:,} events, as the group commit writes them"
+
+
 def _etl_table(results: dict) -> list[str]:
     etl = results["hops"].get("etl")
     lines = ["", "## ETL by archive size", ""]
     if not _ok(etl) or not etl.get("by_size"):
         return lines + [f"Not measured: {(etl or {}).get('skipped') or (etl or {}).get('failure') or 'failed'}"]
-    lines += [f"`python -m bench.etl` (one process, one Spark session, local[2]): raw events generated as "
-              f"`wotr_apps.etl.bench` generates them (one object per event, one in 1,000 torn), the archive grown to "
-              f"each size in turn, the ETL run over the whole archive at each size ({etl['runs_per_size']} run(s)"
-              + (f"; {results['plan'].get('etl_warmup')} unmeasured warm-up run(s) at the first size" if
-                 results["plan"].get("etl_warmup") else "; no warm-up run: the first size's run is a cold one")
-              + f"). Each size is bounded in time (generation and runs). Spark started in "
-              f"{_num(etl.get('spark_start_s'), 1)} s.", "",
-              "| archived events | rows/s | run seconds | generation s | time bound | status |",
-              "| --- | --- | --- | --- | --- | --- |"]
-    for i, size in enumerate(etl["sizes"]):
-        e = etl["by_size"].get(size) or etl["by_size"].get(str(size)) or {}
-        budget = etl["budgets_s"][min(i, len(etl["budgets_s"]) - 1)]
-        runs = e.get("runs") or []
-        if e.get("rows_per_s"):
-            status = "finished" if e.get("complete") else "runs shown finished; stopped at the time bound"
-            if e.get("skipped_runs"):
-                status += f" ({e['skipped_runs']} run(s) not started: time bound)"
-            lines.append(f"| {size:,} | {_spread(e)} | {_values_spread([r['seconds'] for r in runs], 1)} | "
-                         f"{_num(e.get('generate_s'), 1)} | {budget:.0f} s | {status} |")
-        else:
-            lines.append(f"| {size:,} | — | — | {_num(e.get('generate_s'), 1)} | {budget:.0f} s | "
-                         f"**did not finish within {budget:.0f} s** |")
-    if etl.get("stopped_at_size"):
-        lines += ["", f"The ETL at {etl['stopped_at_size']:,} events did not finish within its time bound; the "
-                  f"largest size that did: {etl['largest_done']:,} events." if etl.get("largest_done") else
-                  f"The ETL at {etl['stopped_at_size']:,} events did not finish within its time bound; no size did."]
+    layouts = _etl_layouts(etl)
+    lines += [f"`python -m bench.etl` (one process and one Spark session, local[2], per archive layout): raw "
+              f"events generated as `wotr_apps.etl.bench` generates them (one in 1,000 torn), in "
+              + "; then ".join(f"`{_etl_layout_name(lay)}`: {_etl_layout_words(lay)}" for lay in layouts)
+              + f". The archive is grown to each size in turn, the ETL run over the whole archive at each size "
+              f"({etl['runs_per_size']} run(s)"
+              + (f"; {results['plan'].get('etl_warmup')} unmeasured warm-up run(s) at the first size of each layout"
+                 if results["plan"].get("etl_warmup") else "; no warm-up run: the first size's run is a cold one")
+              + "). Each size is bounded in time (generation and runs). Spark started in "
+              + ", ".join(f"{_num(lay.get('spark_start_s'), 1)} s ({_etl_layout_name(lay)})" for lay in layouts)
+              + ".", "",
+              "| layout | archived events | rows/s | run seconds | generation s | time bound | status |",
+              "| --- | --- | --- | --- | --- | --- | --- |"]
+    notes = []
+    for lay in layouts:
+        name = _etl_layout_name(lay)
+        if not lay.get("by_size"):
+            lines.append(f"| {name} | — | — | — | — | — | not measured: {str(lay.get('error') or '')[:200]} |")
+            continue
+        for i, size in enumerate(lay["sizes"]):
+            e = lay["by_size"].get(size) or lay["by_size"].get(str(size)) or {}
+            budget = lay["budgets_s"][min(i, len(lay["budgets_s"]) - 1)]
+            runs = e.get("runs") or []
+            if e.get("rows_per_s"):
+                status = "finished" if e.get("complete") else "runs shown finished; stopped at the time bound"
+                if e.get("skipped_runs"):
+                    status += f" ({e['skipped_runs']} run(s) not started: time bound)"
+                lines.append(f"| {name} | {size:,} | {_spread(e)} | {_values_spread([r['seconds'] for r in runs], 1)} | "
+                             f"{_num(e.get('generate_s'), 1)} | {budget:.0f} s | {status} |")
+            else:
+                lines.append(f"| {name} | {size:,} | — | — | {_num(e.get('generate_s'), 1)} | {budget:.0f} s | "
+                             f"**did not finish within {budget:.0f} s** |")
+        if lay.get("stopped_at_size"):
+            notes.append(f"The ETL ({name}) at {lay['stopped_at_size']:,} events did not finish within its time "
+                         f"bound; the largest size that did: {lay['largest_done']:,} events."
+                         if lay.get("largest_done") else
+                         f"The ETL ({name}) at {lay['stopped_at_size']:,} events did not finish within its time "
+                         "bound; no size did.")
+    if notes:
+        lines += ["", *notes]
     return lines
 
 
@@ -481,8 +516,9 @@ def _peak_rows(results: dict) -> list[dict]:
             out.append({"role": svc["role"], **p})
     etl = results["hops"].get("etl")
     if _ok(etl):
-        for p in etl.get("peak_rss", []):
-            out.append({"role": "etl", **p})
+        for lay in _etl_layouts(etl):
+            for p in lay.get("peak_rss", []):
+                out.append({"role": f"etl ({_etl_layout_name(lay)})", **p})
     if rss.get("harness"):
         out.append({"role": "harness", **rss["harness"]})
     return out
@@ -645,21 +681,30 @@ def figures(results: dict) -> list[dict]:
             f"rows/s counted {r.get('window', '?')}")
     etl = hops.get("etl")
     if _ok(etl) and etl.get("by_size"):
-        for size, e in etl["by_size"].items():
-            if e.get("rows_per_s"):
-                row(f"ETL raw JSON -> curated Parquet (Spark local[2]), {int(size):,} events",
-                    f"{_spread(e)} rows/s", e["rows_per_s"], None, "(see goals)", None,
-                    f"generation {_num(e.get('generate_s'), 1)} s")
+        for lay in _etl_layouts(etl):
+            for size, e in (lay.get("by_size") or {}).items():
+                if e.get("rows_per_s"):
+                    row(f"ETL raw JSON -> curated Parquet (Spark local[2]), {int(size):,} events "
+                        f"({_etl_layout_name(lay)})", f"{_spread(e)} rows/s", e["rows_per_s"], None, "(see goals)",
+                        None, f"generation {_num(e.get('generate_s'), 1)} s")
     elif etl:
         row("ETL raw JSON -> curated Parquet (Spark local[2])", "skipped", None, None, "(none)", None,
             str(etl.get("skipped") or etl.get("failure") or etl.get("error"))[:200])
     return rows
 
 
+def _memory_share(memory: dict | None, bare: float) -> str:
+    """The same API without I/O (memory profile), as a share of the bare framework: the
+    ceiling of what one interpreter does per request in wotr's own code."""
+    m = _median(memory) if _ok(memory) else None
+    return f"; wotr on the memory profile (no I/O) {_num(m)} events/s = {m / bare:.0%} of the bare framework" if m else ""
+
+
 def _ceiling_rows(results: dict) -> list[dict]:
     names = {"bare_post": "bare framework POST /ingest (Litestar + msgspec, no I/O)",
              "bare_health": "bare framework GET /health",
-             "http": "wotr GET /health (the API process)", "s3_put": "S3 PUT (minio SDK, as wotr puts)",
+             "http": "wotr GET /health (the API process)",
+             "wotr_memory": "wotr POST /ingest on the memory profile (in-memory adapters: its own work, no I/O)", "s3_put": "S3 PUT (minio SDK, as wotr puts)",
              "s3_put_server": "S3 PUT, server only (wrk, presigned)", "pg_insert": "PostgreSQL INSERT, 1 row per transaction",
              "pg_copy": "PostgreSQL COPY", "kafka_produce": "Kafka produce", "kafka_consume": "Kafka consume",
              "clickhouse_insert": "ClickHouse insert, 5,000-row batches, columns + int timestamps",

@@ -78,10 +78,14 @@ class Plan:
     overload_s: float = 10.0
     overload_connections: int = 8000  # more than the API holds (queue + flushes), so the API refuses, not the pool
     sustained_s: float = 60.0  # the API's RSS over a run this long
+    # The headline ETL layout: NDJSON objects of 200 events, as the group commit archives under load.
+    etl_per_object: int = 200
     etl_sizes: tuple[int, ...] = (10_000, 100_000, 1_000_000)
-    etl_budgets: tuple[float, ...] = (120.0, 180.0, 360.0)  # seconds per size (generation + runs)
+    etl_budgets: tuple[float, ...] = (90.0, 120.0, 240.0)  # seconds per size (generation + runs)
     etl_runs: int = 3
     etl_warmup: int = 1
+    # Further layouts, after it: (events per object, sizes, budgets); 1 = one object per event.
+    etl_also: tuple[tuple[int, tuple[int, ...], tuple[float, ...]], ...] = ((1, (10_000, 100_000), (90.0, 120.0)),)
     profile_s: float = 10.0
     budget_s: float = 29 * 60.0  # the whole run; the ETL's last size gets what is left
 
@@ -90,6 +94,7 @@ FULL = Plan()
 QUICK = Plan(reps=1, saturation_s=3, health_s=3, fixed_s=3, batch_sizes=(1000,), s3_s=2, pg_s=2, pg_copy_rows=20_000,
              drain_events=20_000, ch_rows=20_000, naive_s=3, overload_s=4, sustained_s=10,
              etl_sizes=(1_000, 2_000, 4_000), etl_budgets=(100.0, 60.0, 60.0), etl_runs=1, etl_warmup=0,
+             etl_also=((1, (1_000, 2_000), (60.0, 60.0)),),
              profile_s=4, budget_s=9 * 60.0)
 
 
@@ -456,13 +461,18 @@ def run_phases(args: argparse.Namespace, plan: Plan, ns: Namespace, wrk_path: st
     if args.etl:
         left = deadline - time.monotonic() - 60  # a minute for clean-up and the report
         budgets = list(plan.etl_budgets)
+        also = tuple((n, list(sizes), list(bounds)) for n, sizes, bounds in plan.etl_also)
+        if also and left < sum(budgets) + sum(sum(b) for _, _, b in also) + 30 * len(also):  # + Spark's start
+            say("  the run's time budget leaves no time for the other ETL layouts; the headline layout only")
+            also = ()
         if left < sum(budgets):
             budgets[-1] = max(30.0, left - sum(budgets[:-1]))
             say(f"  the run's time budget leaves the last ETL size {budgets[-1]:.0f}s")
-        say(f"ETL at {', '.join(f'{s:,}' for s in plan.etl_sizes)} archived events (python -m bench.etl; "
-            f"budgets {', '.join(f'{b:.0f}s' for b in budgets)})")
+        say(f"ETL at {', '.join(f'{s:,}' for s in plan.etl_sizes)} archived events, {plan.etl_per_object} per object "
+            f"(python -m bench.etl; budgets {', '.join(f'{b:.0f}s' for b in budgets)})"
+            + "".join(f"; then {', '.join(f'{s:,}' for s in sizes)}, {n} per object" for n, sizes, _ in also))
         hop["etl"] = phase("ETL", hops.etl_sizes, list(plan.etl_sizes), runs=plan.etl_runs, warmup=plan.etl_warmup,
-                           budgets=budgets, workdir=ns.workdir / "etl")
+                           budgets=budgets, workdir=ns.workdir / "etl", per_object=plan.etl_per_object, also=also)
         if hop["etl"] and hop["etl"].get("error"):
             errors.append(f"ETL: {hop['etl']['error']}"[:2000])
     else:
@@ -500,7 +510,7 @@ def api_phases(args: argparse.Namespace, plan: Plan, ns: Namespace, wrk_path: st
                                       _p99, "p99 ms")
 
         say(f"POST /ingest saturation: plain, gzip body, write key (a second API with WOTR_REQUIRE_WRITE_KEY=true), "
-            f"in turn, {reps}x")
+            f"and the memory profile (a third API, no I/O), in turn, {reps}x")
         body = event_body()
         variants = {
             "plain": lambda: hops.saturate(wrk_path, api, "/ingest", body=body, connections=sat_c,
@@ -517,11 +527,22 @@ def api_phases(args: argparse.Namespace, plan: Plan, ns: Namespace, wrk_path: st
         except Exception as e:
             errors.append(f"write-key API: {type(e).__name__}: {e}"[:2000])
             say(f"  write-key API FAILED: {e!r}"[:300])
+        api_memory = None
+        try:  # the ceiling of the interpreter's own work: the same API with in-memory adapters (no I/O)
+            api_memory = api_service(ns, role="api1-memory", WOTR_PROFILE="memory").start()
+            variants["memory"] = lambda: hops.saturate(wrk_path, api_memory, "/ingest", body=body,
+                                                       connections=sat_c, duration=plan.saturation_s)
+        except Exception as e:
+            errors.append(f"memory-profile API: {type(e).__name__}: {e}"[:2000])
+            say(f"  memory-profile API FAILED: {e!r}"[:300])
         try:
             sat = phase("saturation variants", hops.interleave, variants, reps, eps, "events/s") or {}
         finally:
-            if api_auth is not None:
-                api_auth.stop()
+            for extra_api in (api_auth, api_memory):
+                if extra_api is not None:
+                    extra_api.stop()
+        ceil["wotr_memory"] = sat.get("memory") if "memory" in variants else {
+            "failure": "the memory-profile API did not start"}
         hop[f"ingest_sat_c{sat_c}"] = sat.get("plain")
         hop["ingest_gzip"] = sat.get("gzip")
         hop["ingest_auth"] = sat.get("auth") if "auth" in variants else {"failure": "the write-key API did not start"}

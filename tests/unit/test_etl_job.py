@@ -514,3 +514,24 @@ def test_the_container_builds_the_job_on_the_store_and_leaves_a_session_it_did_n
     assert (run.status, run.rows_written) == ("succeeded", 2)
     assert any(line.startswith(f"run {run.run_id}") for line in said)
     assert spark.range(3).count() == 3  # the test session is still running
+
+
+@pytest.mark.parametrize("per_object", [1, 50])
+def test_the_benchmark_archive_is_read_back_whole_with_its_torn_events_rejected(spark, archive, per_object):
+    from wotr_apps.etl.bench import generate
+
+    torn = generate(archive.root, archive.repo, 420, 2, broken_every=40, per_object=per_object)
+    every = list(archive.repo.received_between(datetime(2000, 1, 1, tzinfo=UTC), datetime(2100, 1, 1, tzinfo=UTC)))
+
+    run = archive.job(spark).run()
+
+    assert torn == 10 and len(every) == 420
+    assert (run.rows_read, run.rows_written, run.rows_rejected, run.duplicates, run.orphans, run.missing) == (
+        420, 410, 10, 0, 0, 0)
+    rejected = archive.rejected().to_pylist()
+    assert {r["reason"] for r in rejected} == {"checksum mismatch"}
+    written = {r["id"] for r in archive.curated().to_pylist()}
+    torn_ids = {m.id for m in every} - written
+    assert len(written) == 410 and len(torn_ids) == 10
+    by_id = {m.id: m for m in every}
+    assert sorted(r["object_key"] for r in rejected) == sorted(by_id[i].object_key for i in torn_ids)

@@ -533,3 +533,50 @@ def test_the_cli_reports_an_unreachable_s3_server(monkeypatch, capsys):
     monkeypatch.setenv("MINIO_ENDPOINT", "127.0.0.1:1")
     assert etl_main(["--history"]) == 3
     assert "object store is unavailable" in capsys.readouterr().err
+
+
+# -- the benchmark's generator ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("per_object", [1, 200])
+def test_the_benchmark_archives_events_as_the_ingest_service_does_and_tears_one_in_n(per_object: int, tmp_path: Path):
+    from wotr_adapters.sqlite_metadata import SqliteMetadataRepo
+    from wotr_apps.etl.bench import generate
+    from wotr_domain.archive import ChecksumMismatch, event_bytes
+    from wotr_domain.codec import decode_event
+
+    store = FilesystemObjectStore(tmp_path / "bucket")
+    store.start()
+    repo = SqliteMetadataRepo(tmp_path / "metadata.db")
+    repo.start()
+    try:
+        torn = generate(tmp_path / "bucket", repo, 1001, 2, broken_every=100, per_object=per_object)
+        rows = list(repo.received_between(datetime(2000, 1, 1, tzinfo=UTC), datetime(2100, 1, 1, tzinfo=UTC)))
+    finally:
+        repo.close()
+
+    assert (torn, len(rows), len({m.id for m in rows})) == (10, 1001, 1001)
+    by_key: dict[str, list[EventMetadata]] = {}
+    for m in rows:
+        by_key.setdefault(m.object_key, []).append(m)
+    assert set(by_key) == set(store.list("raw/"))
+    bad = 0
+    for key, metas in by_key.items():
+        obj = store.get(key)
+        if per_object == 1 or len(metas) == 1:  # a single event: its own object, keyed by its id
+            (m,) = metas
+            assert (key, m.line) == (f"raw/dt={m.received_at:%Y-%m-%d}/{m.id}.json", None)
+        else:  # written together: one NDJSON object, one reception time, lines numbered from 0
+            assert key.startswith(f"raw/dt={metas[0].received_at:%Y-%m-%d}/batch-") and key.endswith(".ndjson")
+            assert sorted(m.line for m in metas) == list(range(len(metas)))
+            assert len({m.received_at for m in metas}) == 1 and obj.endswith(b"\n")
+            assert obj.count(b"\n") == len(metas)
+        for m in metas:
+            try:
+                body = event_bytes(m, obj)  # the bytes of exactly the line (or object) match the checksum
+            except ChecksumMismatch:
+                bad += 1
+                continue
+            assert (decode_event(body).id, m.size) == (m.id, len(body))
+    assert bad == torn
+    assert {len(v) for v in by_key.values()} == ({1} if per_object == 1 else {200, 1})  # 5 x 200, then 1 alone

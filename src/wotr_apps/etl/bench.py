@@ -1,9 +1,11 @@
 """Benchmark: generate N raw events in a temporary data dir, run the ETL, print rows/s.
 
 The events are encoded and keyed exactly as the ingest service archives them (the
-domain's `encode` and `object_key_for`), written without fsync to keep generation fast,
-and each gets its metadata row (object key, SHA-256 of its bytes) in the embedded
-profile's SQLite repository, which the ETL verifies every event against. A small share
+domain's `encode`, `object_key_for` and `batch_key_for`): one object per event, or
+NDJSON objects of N events as a batch or a group-commit flush is written
+(`--per-object N`); written without fsync to keep generation fast, and each event gets
+its metadata row (object key, line, SHA-256 of its bytes) in the embedded profile's
+SQLite repository, which the ETL verifies every event against. A small share
 is deliberately torn after its row was recorded, so the checksum-mismatch rejection
 path is measured too.
 """
@@ -18,7 +20,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from wotr_domain.archive import object_key_for
+from wotr_domain.archive import batch_key_for, object_key_for
 from wotr_domain.codec import encode, sha256_hex
 from wotr_domain.ids import new_event_id
 from wotr_domain.models import Event, EventMetadata
@@ -28,42 +30,83 @@ __all__ = ["generate", "main"]
 
 
 def generate(
-    root: Path, repo: MetadataRepo, events: int, days: int, broken_every: int = 1000, seed: int = 7, chunk: int = 5000
+    root: Path,
+    repo: MetadataRepo,
+    events: int,
+    days: int,
+    broken_every: int = 1000,
+    seed: int = 7,
+    chunk: int = 5000,
+    per_object: int = 1,
 ) -> int:
-    """Write `events` raw objects under `root` (a bucket directory) over `days` dates and
-    record their metadata in `repo`; returns the count torn after recording."""
+    """Write `events` raw events under `root` (a bucket directory) over `days` dates and
+    record their metadata in `repo`; returns the count torn after recording.
+
+    `per_object` is the archive's layout: 1 writes each event as its own object
+    (`raw/dt=D/<id>.json`, as a single ingested event is archived); N > 1 writes events N
+    at a time as one NDJSON object (`raw/dt=D/batch-<uuid7>.ndjson`), as the ingest
+    service archives the events of a batch or of one group-commit flush: one reception
+    time per object, one event per line numbered from 0, each line the event's encoded
+    bytes and its metadata row the checksum of exactly those bytes and its `line` (a last
+    group of one event is a single object, as the service writes it). Every
+    `broken_every`-th event is torn after its row was recorded (its object, or its line,
+    cut to half its bytes): a checksum mismatch, in either layout.
+    """
+    if per_object < 1:
+        raise ValueError("per_object must be at least 1")
     rng = random.Random(seed)
     end = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     made: set[Path] = set()
     broken = 0
     rows: list[EventMetadata] = []
-    for i in range(events):
-        received = end - timedelta(days=i % days) + timedelta(seconds=rng.randrange(86_400), microseconds=rng.randrange(10**6))
-        event = Event(
-            id=new_event_id(),
-            received_at=received,
-            payload={"user": rng.randrange(10_000), "action": rng.choice(("view", "click", "buy")), "value": rng.random()},
-            source="bench",
-            type="interaction",
-            timestamp=received - timedelta(seconds=rng.randrange(60)),
-        )
-        key = object_key_for(event.id, received)
-        path = root / key
-        if path.parent not in made:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            made.add(path.parent)
-        body = encode(event)
-        rows.append(EventMetadata(id=event.id, object_key=key, size=len(body), checksum=sha256_hex(body),
-                                  received_at=received, source=event.source, type=event.type))
+    choice, randrange, rand = rng.choice, rng.randrange, rng.random
+    for group, first in enumerate(range(0, events, per_object)):
+        count = min(per_object, events - first)
+        # One reception time per object, as the service gives the events it writes together.
+        received = end - timedelta(days=group % days) + timedelta(seconds=randrange(86_400),
+                                                                  microseconds=randrange(10**6))
+        bodies: list[bytes] = []
+        ids: list[str] = []
+        for _ in range(count):
+            event = Event(
+                id=new_event_id(),
+                received_at=received,
+                payload={"user": randrange(10_000), "action": choice(("view", "click", "buy")), "value": rand()},
+                source="bench",
+                type="interaction",
+                timestamp=received - timedelta(seconds=randrange(60)),
+            )
+            ids.append(event.id)
+            bodies.append(encode(event))
+        if count == 1:
+            placed = [(object_key_for(ids[0], received), None)]
+        else:
+            key = batch_key_for(received)
+            placed = [(key, line) for line in range(count)]
+        for event_id, body, (key, line) in zip(ids, bodies, placed, strict=True):
+            rows.append(EventMetadata(id=event_id, object_key=key, line=line, size=len(body),
+                                      checksum=sha256_hex(body), received_at=received, source="bench",
+                                      type="interaction"))
         if len(rows) >= chunk:
             repo.record(rows)
             rows = []
-        if broken_every and i % broken_every == broken_every - 1:
-            body, broken = body[: len(body) // 2], broken + 1  # torn after recording: a checksum mismatch
-        path.write_bytes(body)
+        for k in range(count):
+            if broken_every and (first + k) % broken_every == broken_every - 1:
+                bodies[k], broken = bodies[k][: len(bodies[k]) // 2], broken + 1  # torn after recording
+        path = root / placed[0][0]
+        if path.parent not in made:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            made.add(path.parent)
+        # The object's bytes as the service writes them: the event, or its lines each ended by b"\n".
+        path.write_bytes(bodies[0] if count == 1 else b"\n".join(bodies) + b"\n")
     if rows:
         repo.record(rows)
     return broken
+
+
+def _layout(per_object: int) -> str:
+    """The layout's name in reports: `single` (one object per event) or `ndjson-N`."""
+    return "single" if per_object == 1 else f"ndjson-{per_object}"
 
 
 def _directory(location: str) -> Path:
@@ -78,9 +121,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--events", type=int, default=100_000, help="raw events to generate (default %(default)s)")
     p.add_argument("--days", type=int, default=3, help="dates to spread them over (default %(default)s)")
     p.add_argument("--runs", type=int, default=2, help="ETL runs over the same data (default %(default)s)")
+    p.add_argument("--per-object", type=int, default=1, metavar="N",
+                   help="events per raw object: 1 = one object per event, N > 1 = NDJSON objects of N events "
+                        "as the ingest service writes a batch or a group-commit flush (default %(default)s)")
     args = p.parse_args(argv)
-    if args.events < 1 or args.days < 1 or args.runs < 1:
-        p.error("--events, --days and --runs must be positive")
+    if args.events < 1 or args.days < 1 or args.runs < 1 or args.per_object < 1:
+        p.error("--events, --days, --runs and --per-object must be positive")
 
     from dependency_injector import providers
 
@@ -96,14 +142,14 @@ def main(argv: list[str] | None = None) -> int:
         try:
             store, repo = container.object_store(), container.metadata_repo()  # files and SQLite in the temp dir
             t0 = time.monotonic()
-            broken = generate(_directory(store.location()), repo, args.events, args.days)
-            say(f"generated {args.events:,} raw events and their metadata over {args.days} date(s) "
-                f"({broken:,} torn) in {time.monotonic() - t0:.1f}s")
+            broken = generate(_directory(store.location()), repo, args.events, args.days, per_object=args.per_object)
+            say(f"generated {args.events:,} raw events ({_layout(args.per_object)}) and their metadata over "
+                f"{args.days} date(s) ({broken:,} torn) in {time.monotonic() - t0:.1f}s")
             job = container.etl_job()  # starts Spark, saying how long that took
             for n in range(1, args.runs + 1):
                 run = job.run()
                 rate = run.rows_read / run.duration_seconds
-                say(f"run {n}: {run.rows_read:,} objects read, {run.rows_written:,} written, "
+                say(f"run {n}: {run.rows_read:,} events read, {run.rows_written:,} written, "
                     f"{run.rows_rejected:,} rejected, {run.orphans:,} orphans, {run.missing:,} missing "
                     f"in {run.duration_seconds:.1f}s -> {rate:,.0f} rows/s")
         finally:
