@@ -481,3 +481,24 @@ def test_wotr_serve_applies_the_limits(tmp_path: Path):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(10)
+
+
+def test_the_server_listens_on_several_sockets_of_one_port_and_a_port_in_use_fails():
+    """`listening_sockets`: the event loop accepts one connection per listening socket per
+    turn, so the server listens with several on its port; a port another process listens on
+    is refused (EADDRINUSE), not shared."""
+    from wotr_apps.api.server import ACCEPTORS, listening_sockets
+
+    sockets = listening_sockets("127.0.0.1", 0)
+    try:
+        ports = {s.getsockname() for s in sockets}
+        assert len(sockets) == ACCEPTORS > 1 and len(ports) == 1
+        (address,) = ports
+        clients = [socket.create_connection(address, timeout=5) for _ in range(4 * ACCEPTORS)]
+        for c in clients:
+            c.close()
+        with pytest.raises(OSError):
+            listening_sockets("127.0.0.1", address[1])
+    finally:
+        for s in sockets:
+            s.close()

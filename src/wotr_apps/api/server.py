@@ -363,8 +363,52 @@ def build_server(app: Any, settings: Settings, **config: Any) -> uvicorn.Server:
     return uvicorn.Server(uvicorn.Config(app, **options))
 
 
+# Sockets listening on the server's port together: the event loop accepts one connection per
+# listening socket per turn (libuv, under uvloop, makes one accept() per readiness), so with
+# one socket a loop busy with requests accepted about 250 connections a second and, under
+# load, new connections waited seconds in the kernel's queue. The kernel spreads new
+# connections over the sockets (SO_REUSEPORT).
+ACCEPTORS = 16
+
+
+def listening_sockets(host: str, port: int, *, count: int = ACCEPTORS, backlog: int = 2048) -> list[socket.socket]:
+    """`count` sockets listening on `host`:`port` together (one where SO_REUSEPORT does not
+    exist). The port is first bound alone, so a port already in use fails as it would for
+    one socket (EADDRINUSE) instead of being shared with another process; port 0 picks one."""
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind(address)  # OSError (address in use) if anything listens there
+        address = probe.getsockname()
+    if not hasattr(socket, "SO_REUSEPORT"):
+        count = 1
+    sockets: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if count > 1:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind(address)
+            sock.listen(backlog)
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
 def run_server(server: uvicorn.Server, sockets: list[socket.socket] | None = None) -> None:
-    """Run until a signal stops it, as `uvicorn.run` does; exit 3 if it could not start."""
+    """Run until a signal stops it, as `uvicorn.run` does; exit 3 if it could not start.
+    Without `sockets`, it listens on the configuration's address with `listening_sockets`."""
+    if sockets is None:
+        config = server.config
+        try:
+            sockets = listening_sockets(config.host, config.port, backlog=config.backlog)
+        except OSError as e:
+            print(f"wotr: cannot listen on {config.host}:{config.port}: {e}", file=sys.stderr)
+            sys.exit(3)  # uvicorn's STARTUP_FAILURE
     try:
         server.run(sockets=sockets)
     except KeyboardInterrupt:
