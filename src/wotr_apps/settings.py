@@ -327,7 +327,7 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("WOTR_BATCHES_IN_FLIGHT_MAX", "8", _integer(1), "batches in flight before POST /ingest/batch sheds (503)",
              "batches_in_flight_max"),
     Variable("WOTR_CONSUMER_BATCH_SIZE", "5000", _integer(1), "consumer batch size", "consumer_batch_size"),
-    Variable("WOTR_CONSUMER_BATCH_SECONDS", "0.2", _number(0.001), "consumer batch time", "consumer_batch_seconds"),
+    Variable("WOTR_CONSUMER_BATCH_SECONDS", "0.1", _number(0.001), "consumer batch time", "consumer_batch_seconds"),
     Variable("WOTR_RELAY_GRACE_SECONDS", "10", _number(0.0), "age before the relay publishes an event",
              "relay_grace_seconds"),
     Variable("WOTR_RELAY_INTERVAL_SECONDS", "2", _number(0.01), "outbox relay polling interval",
@@ -437,7 +437,7 @@ class Settings:
     ingest_max_wait_ms: float = 40.0
     batches_in_flight_max: int = 8
     consumer_batch_size: int = 5_000
-    consumer_batch_seconds: float = 0.2
+    consumer_batch_seconds: float = 0.1
     relay_grace_seconds: float = 10.0
     relay_interval_seconds: float = 2.0
     metrics_port: int = 0

@@ -137,6 +137,7 @@ class _PollAhead:
     def _run(self) -> None:
         backoff = Backoff()
         while not self._stop.is_set():
+            polled_at = time.monotonic()
             try:
                 # A short wait per poll: the loader's commit takes turns with it on the driver.
                 batch = self._loader.poll(self._batch_size, min(self._batch_seconds, 0.05))
@@ -151,6 +152,11 @@ class _PollAhead:
             backoff.reset()
             if batch and not self._put(batch):
                 return
+            if batch and len(batch) < self._batch_size:
+                # A small batch: the next one gathers for the batch time before it is taken.
+                # Each batch costs an insert (a part of the table, merged later): at 1,000
+                # events/s, batches of a few events cost the consumer most of a core.
+                self._stop.wait(max(0.0, polled_at + self._batch_seconds - time.monotonic()))
 
 
 def run_relay(relay: OutboxRelay, stop: threading.Event, *, interval: float, batch_size: int = 1000) -> None:

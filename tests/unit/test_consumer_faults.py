@@ -145,6 +145,30 @@ def test_the_consumer_thread_survives_poison_and_keeps_loading(ingest, bus, sink
     assert len(bus.dead_letters()) == 1 and bus.committed["g"] == 4
 
 
+def test_events_that_trickle_in_are_loaded_in_batches_gathered_for_the_batch_time(ingest, bus, sink):
+    """A small batch is taken at most once per batch time: events arriving one by one are
+    loaded in a few inserts, not one each."""
+    sizes: list[int] = []
+
+    class Sizes(Recorder):
+        def batch(self, size: int) -> None:
+            sizes.append(size)
+
+    worker = WorkerThread("wotr-consumer", lambda stop: run_consumer(
+        new_loader(bus, sink, Sizes()), stop, batch_size=1000, batch_seconds=0.2))
+    worker.start()
+    try:
+        ids: list[str] = []
+        for _ in range(30):  # 30 events over about 0.6 s
+            ids += events(ingest, 1)
+            time.sleep(0.02)
+        wait_for(lambda: set(sink.rows) == set(ids), what="the trickled events")
+    finally:
+        worker.stop()
+    assert sum(sizes) == 30
+    assert len(sizes) <= 8, sizes  # about one batch per 0.2 s, not one per event
+
+
 # -- 3. a sink that refuses rows, a sink that is down ---------------------------------
 
 
