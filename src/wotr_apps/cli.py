@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import subprocess
 import sys
 from importlib.metadata import EntryPoint, entry_points
@@ -164,6 +165,10 @@ def _run_service(args: argparse.Namespace) -> int:
         container = build_container(settings, role="serve", with_workers=args.workers)
         tune_gc()
         return serve(container)  # 70: a worker crashed
+    if args.command == "consume" and settings.consumer_nice:
+        # Before any thread exists (threads inherit it): the loader gives way to the API on
+        # shared cores; alone it runs at full speed (a priority only matters under contention).
+        os.nice(settings.consumer_nice)
     container = build_container(settings, role=args.command)
     port = args.metrics_port if args.metrics_port is not None else (settings.metrics_port or METRICS_PORTS[args.command])
     if args.command == "consume":

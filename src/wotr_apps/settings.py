@@ -46,6 +46,13 @@ def _profile(raw: str) -> str:
     return value
 
 
+def _nice(raw: str) -> int:
+    value = _integer(0)(raw)
+    if value > 19:
+        raise ValueError(f"must be at most 19, got {value}")
+    return value
+
+
 def _integer(minimum: int) -> Callable[[str], int]:
     def parse(raw: str) -> int:
         try:
@@ -328,6 +335,8 @@ VARIABLES: tuple[Variable, ...] = (
              "batches_in_flight_max"),
     Variable("WOTR_CONSUMER_BATCH_SIZE", "5000", _integer(1), "consumer batch size", "consumer_batch_size"),
     Variable("WOTR_CONSUMER_BATCH_SECONDS", "0.1", _number(0.001), "consumer batch time", "consumer_batch_seconds"),
+    Variable("WOTR_CONSUMER_NICE", "10", _nice,
+             "CPU priority of `wotr consume` (nice, 0-19): below the API's where they share cores", "consumer_nice"),
     Variable("WOTR_RELAY_GRACE_SECONDS", "10", _number(0.0), "age before the relay publishes an event",
              "relay_grace_seconds"),
     Variable("WOTR_RELAY_INTERVAL_SECONDS", "2", _number(0.01), "outbox relay polling interval",
@@ -438,6 +447,7 @@ class Settings:
     batches_in_flight_max: int = 8
     consumer_batch_size: int = 5_000
     consumer_batch_seconds: float = 0.1
+    consumer_nice: int = 10
     relay_grace_seconds: float = 10.0
     relay_interval_seconds: float = 2.0
     metrics_port: int = 0

@@ -58,6 +58,7 @@ def test_local_profile_reads_the_seed_variables():
         ({"WOTR_PORT": "eighty"}, "WOTR_PORT"),
         ({"WOTR_MAX_BODY_BYTES": "-1"}, "WOTR_MAX_BODY_BYTES"),
         ({"WOTR_CONSUMER_BATCH_SECONDS": "soon"}, "WOTR_CONSUMER_BATCH_SECONDS"),
+        ({"WOTR_CONSUMER_NICE": "20"}, "WOTR_CONSUMER_NICE"),
         ({"WOTR_MAX_HEADERS": "many"}, "WOTR_MAX_HEADERS"),
         ({"WOTR_MAX_HEADERS": "2"}, "WOTR_MAX_HEADERS"),
         ({"WOTR_MAX_HEADER_BYTES": "100"}, "WOTR_MAX_HEADER_BYTES"),
