@@ -330,7 +330,7 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("WOTR_INGEST_QUEUE_MAX", "2000", _integer(1), "events waiting for a write before POST /ingest sheds (503)",
              "ingest_queue_max"),
     Variable("WOTR_INGEST_MAX_WAIT_MS", "40", _number(1.0),
-             "write latency target: POST /ingest sheds (503) while events stay unanswered longer (for 50 ms running, or longer than half of it within 1 s of a shed)", "ingest_max_wait_ms"),
+             "write latency target: POST /ingest sheds (503) while events stay unanswered longer (for 50 ms running, or at once within 1 s of a shed)", "ingest_max_wait_ms"),
     Variable("WOTR_BATCHES_IN_FLIGHT_MAX", "8", _integer(1), "batches in flight before POST /ingest/batch sheds (503)",
              "batches_in_flight_max"),
     Variable("WOTR_CONSUMER_BATCH_SIZE", "5000", _integer(1), "consumer batch size", "consumer_batch_size"),

@@ -17,9 +17,8 @@ the line either way.
 Backpressure, after CoDel: the age of the oldest request not yet answered (waiting for a
 flush slot, or in a flush) is its sojourn. A request is refused while the sojourn has
 stayed above `max_wait` for `standing` seconds (a standing queue: more arrives than the
-writes take, not one slow write), and at once on any sojourn above half of `max_wait`
-within a second of the last refusal (the overload goes on: the accepted requests are kept
-nearer, as CoDel drops more once it drops at all); or when `max_queued` events wait
+writes take, not one slow write), and at once on any sojourn above `max_wait` within a
+second of the last refusal (the overload goes on); or when `max_queued` events wait
 already. So a slow write now and then costs nobody a refusal, and under overload the
 accepted requests wait about `max_wait`, not seconds. A flush takes at most `max_events`
 events, so that its own duration, which grows with its size, stays a small part of an
@@ -58,8 +57,7 @@ Written = list[Any] | tuple[list[Any], Callable[[], None]]
 DEFAULT_MAX_QUEUED = 2000  # events waiting for a flush slot
 DEFAULT_MAX_WAIT = 0.04  # seconds of sojourn the writes may run behind (the target)
 DEFAULT_STANDING = 0.05  # seconds the sojourn must stay above the target before a first refusal
-STRICT_FOR = 1.0  # seconds after a refusal during which any sojourn above a share of the target refuses
-STRICT_SHARE = 0.5  # ... that share
+STRICT_FOR = 1.0  # seconds after a refusal during which any sojourn above the target refuses
 DEFAULT_MAX_EVENTS = 200  # events in one flush
 SHED_RETRY_AFTER = 1.0  # seconds a shed client is told to wait
 
@@ -236,18 +234,12 @@ class GroupCommit:
         while unanswered and unanswered[0][1].done():
             unanswered.popleft()
         now = self._clock()
-        if not unanswered:
-            self._above_since = None
-            return False
-        sojourn = now - unanswered[0][0]
-        if now - self._refused_at < STRICT_FOR:  # the overload goes on: keep the accepted ones nearer
-            return sojourn > self.max_wait * STRICT_SHARE
-        if sojourn <= self.max_wait:
+        if not unanswered or now - unanswered[0][0] <= self.max_wait:
             self._above_since = None
             return False
         if self._above_since is None:
             self._above_since = now
-        return now - self._above_since >= self.standing
+        return now - self._above_since >= self.standing or now - self._refused_at < STRICT_FOR
 
     @property
     def queued(self) -> int:
