@@ -409,6 +409,11 @@ def run_server(server: uvicorn.Server, sockets: list[socket.socket] | None = Non
         except OSError as e:
             print(f"wotr: cannot listen on {config.host}:{config.port}: {e}", file=sys.stderr)
             sys.exit(3)  # uvicorn's STARTUP_FAILURE
+        # uvicorn names the address only when it binds the socket itself.
+        host, port = sockets[0].getsockname()[:2]
+        logging.getLogger("uvicorn.error").info(
+            "Uvicorn running on http://%s:%d (%d listening sockets; press CTRL+C to quit)",
+            f"[{host}]" if ":" in host else host, port, len(sockets))
     try:
         server.run(sockets=sockets)
     except KeyboardInterrupt:
