@@ -31,6 +31,16 @@ def _java() -> str:
     return found
 
 
+def new_cluster_id() -> str:
+    """A KRaft cluster id: 16 random bytes, URL-safe base64 without padding, never starting
+    with "-" (the storage tool would read it as an option; one id in 64 did, and the
+    format failed)."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(os.urandom(16)).rstrip(b"=").decode()
+        if not cluster_id.startswith("-"):
+            return cluster_id
+
+
 class Kafka(Service):
     name = "kafka"
     default_port = BROKER_PORT
@@ -94,10 +104,11 @@ class Kafka(Service):
         if (log_dir / "meta.properties").exists():
             return
         id_file = self.data_dir / "cluster-id"
-        if not id_file.exists():
+        cluster_id = id_file.read_text().strip() if id_file.exists() else ""
+        if not cluster_id or cluster_id.startswith("-"):  # (a leading "-" reads as an option to the tool)
             self.data_dir.mkdir(parents=True, exist_ok=True)
-            id_file.write_text(base64.urlsafe_b64encode(os.urandom(16)).rstrip(b"=").decode() + "\n")
-        cluster_id = id_file.read_text().strip()
+            cluster_id = new_cluster_id()
+            id_file.write_text(cluster_id + "\n")
         run_logged(self._java_command("kafka.tools.StorageTool", "format", "-t", cluster_id,
                                       "-c", str(self.config_file), "--standalone", heap="256M"),
                    log_file=self.log_file, what="kafka: format storage")
