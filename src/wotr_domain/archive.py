@@ -32,7 +32,9 @@ answered with the first receipt; another fingerprint, a conflict.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 import msgspec
 
@@ -42,6 +44,7 @@ from .models import BusMessage, Delivery, EventMetadata
 
 __all__ = [
     "ChecksumMismatch",
+    "RawObject",
     "batch_key_for",
     "bus_message_for",
     "dead_letter_for",
@@ -50,6 +53,7 @@ __all__ = [
     "fingerprint",
     "line_of",
     "object_key_for",
+    "raw_object",
     "where",
 ]
 
@@ -77,6 +81,26 @@ def object_key_for(event_id: str, received_at: datetime, *, client_id: bool = Fa
 def batch_key_for(received_at: datetime) -> str:
     """The NDJSON object of events written together, one event per line."""
     return f"{_day(received_at)}/batch-{new_event_id()}.ndjson"
+
+
+class RawObject(NamedTuple):
+    """Events written together, as archived: the object's key, each event's line in it
+    (None: the object is the event), its bytes and its content type."""
+
+    key: str
+    lines: Sequence[int | None]
+    data: bytes
+    content_type: str
+
+
+def raw_object(first_id: str, received_at: datetime, bodies: Sequence[bytes], *, client_id: bool = False) -> RawObject:
+    """How events written together are archived: one event as its own object (keyed by its
+    id, `first_id`), several as one NDJSON object, one event per line numbered from 0."""
+    if len(bodies) == 1:
+        return RawObject(object_key_for(first_id, received_at, client_id=client_id), (None,), bodies[0],
+                         "application/json")
+    return RawObject(batch_key_for(received_at), range(len(bodies)), b"\n".join(bodies) + b"\n",
+                     "application/x-ndjson")
 
 
 def line_of(obj: bytes, line: int | None) -> bytes:

@@ -33,8 +33,8 @@ import logging
 import socket
 import sys
 from asyncio import TimerHandle
-from time import monotonic
 from dataclasses import dataclass
+from time import monotonic
 from typing import Any, ClassVar
 
 import httptools

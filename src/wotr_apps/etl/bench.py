@@ -20,7 +20,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from wotr_domain.archive import batch_key_for, object_key_for
+from wotr_domain.archive import raw_object
 from wotr_domain.codec import encode, sha256_hex
 from wotr_domain.ids import new_event_id
 from wotr_domain.models import Event, EventMetadata
@@ -78,27 +78,23 @@ def generate(
             )
             ids.append(event.id)
             bodies.append(encode(event))
-        if count == 1:
-            placed = [(object_key_for(ids[0], received), None)]
-        else:
-            key = batch_key_for(received)
-            placed = [(key, line) for line in range(count)]
-        for event_id, body, (key, line) in zip(ids, bodies, placed, strict=True):
-            rows.append(EventMetadata(id=event_id, object_key=key, line=line, size=len(body),
-                                      checksum=sha256_hex(body), received_at=received, source="bench",
-                                      type="interaction"))
+        sizes = [len(body) for body in bodies]
+        sums = [sha256_hex(body) for body in bodies]  # of the events' bytes, before any is torn
+        for k in range(count):
+            if broken_every and (first + k) % broken_every == broken_every - 1:
+                bodies[k], broken = bodies[k][: len(bodies[k]) // 2], broken + 1  # torn: no longer the bytes its row names
+        obj = raw_object(ids[0], received, bodies)  # the key, lines and bytes the service would write
+        for event_id, size, checksum, line in zip(ids, sizes, sums, obj.lines, strict=True):
+            rows.append(EventMetadata(id=event_id, object_key=obj.key, line=line, size=size, checksum=checksum,
+                                      received_at=received, source="bench", type="interaction"))
         if len(rows) >= chunk:
             repo.record(rows)
             rows = []
-        for k in range(count):
-            if broken_every and (first + k) % broken_every == broken_every - 1:
-                bodies[k], broken = bodies[k][: len(bodies[k]) // 2], broken + 1  # torn after recording
-        path = root / placed[0][0]
+        path = root / obj.key
         if path.parent not in made:
             path.parent.mkdir(parents=True, exist_ok=True)
             made.add(path.parent)
-        # The object's bytes as the service writes them: the event, or its lines each ended by b"\n".
-        path.write_bytes(bodies[0] if count == 1 else b"\n".join(bodies) + b"\n")
+        path.write_bytes(obj.data)
     if rows:
         repo.record(rows)
     return broken

@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 
 import msgspec
 
-from ..archive import batch_key_for, bus_message_for, fingerprint, object_key_for
+from ..archive import bus_message_for, fingerprint, raw_object
 from ..codec import encode, sha256_hex
 from ..errors import Conflict, InvalidEvent, PayloadTooLarge, Refused, Unavailable, WotrError
 from ..ids import new_event_id, new_event_ids, validate_event_id
@@ -292,18 +292,10 @@ class IngestService:
         if refused:
             self._observer.rejected(refused)
 
-    def _place(self, fresh: list[_Prepared]) -> tuple[str, Sequence[int | None], bytes, str]:
-        """Where the events go (the object's key and each event's line in it): its own object
-        for one event, one NDJSON object for several."""
-        if len(fresh) == 1:
-            p = fresh[0]
-            key = object_key_for(p.event.id, p.event.received_at, client_id=p.client_id)
-            return key, (None,), p.body, "application/json"
-        key = batch_key_for(fresh[0].event.received_at)
-        return key, range(len(fresh)), b"\n".join([p.body for p in fresh]) + b"\n", "application/x-ndjson"
-
     def _store_and_record(self, fresh: list[_Prepared]) -> dict[str, Answer]:
-        key, lines, data, content_type = self._place(fresh)
+        first = fresh[0]
+        key, lines, data, content_type = raw_object(first.event.id, first.event.received_at,
+                                                    [p.body for p in fresh], client_id=first.client_id)
         try:
             self._store.put(key, data, content_type)
         except Unavailable:
