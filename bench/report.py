@@ -380,8 +380,9 @@ def _overload_table(results: dict) -> list[str]:
              f"median), up to {results['plan'].get('overload_connections', 0):,} connections (more than the API holds, "
              f"so the API's own bound refuses the excess, not the generator's pool). API: `wotr serve --api-only` with "
              f"WOTR_INGEST_QUEUE_MAX={settings.get('WOTR_INGEST_QUEUE_MAX')} (wotr's default is "
-             f"{settings.get('WOTR_INGEST_QUEUE_MAX_default')}); besides the queue, up to 4 flushes of up to 200 "
-             "events are in progress. Latency from each request's due time; accepted = 202, refused = 503.", "",
+             f"{settings.get('WOTR_INGEST_QUEUE_MAX_default')}); besides the queue, up to "
+             f"{settings.get('WOTR_INGEST_FLUSHES', 1)} flush(es) of up to 200 events in progress "
+             "(WOTR_INGEST_FLUSHES). Latency from each request's due time; accepted = 202, refused = 503.", "",
              "| offered | accepted | accepted p50 / p99 ms | refused (503) | refused p50 / p99 ms | first 503 after | "
              "other errors | generator | status |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]

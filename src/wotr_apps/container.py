@@ -342,6 +342,7 @@ class Container(containers.DeclarativeContainer):
     group_commit = providers.Singleton(
         GroupCommit,
         ingest_service.provided.accept_many,  # answered once durable; the publish follows
+        flushes=providers.Callable(lambda s: s.ingest_flushes, settings),
         max_queued=providers.Callable(lambda s: s.ingest_queue_max, settings),
         max_wait=providers.Callable(lambda s: s.ingest_max_wait_ms / 1000, settings),
         observer=telemetry.provided.ingest,

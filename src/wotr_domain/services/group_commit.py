@@ -102,7 +102,7 @@ class GroupCommit:
         self,
         write: Callable[[Sequence[IngestRequest]], Written],
         *,
-        flushes: int = 4,
+        flushes: int = 1,
         max_events: int = DEFAULT_MAX_EVENTS,
         max_queued: int = DEFAULT_MAX_QUEUED,
         max_wait: float = DEFAULT_MAX_WAIT,
@@ -114,7 +114,9 @@ class GroupCommit:
         """`write` is `IngestService.accept_many` or `ingest_many` (blocking; run on this
         policy's own threads, one per flush slot, so it never competes with the caller's
         thread pool): the answers, or the answers and a step to run once they are given
-        (the publish), on threads of its own (`_follow`). `max_queued` bounds the events
+        (the publish), on threads of its own (`_follow`). `flushes` writes run at once: one
+        spends the least CPU per event (the requests that arrive during a write go out together
+        in the next), more hide the latency of a distant store. `max_queued` bounds the events
         waiting for a slot (at least 1)."""
         if max_queued < 1:
             raise ValueError("max_queued must be at least 1")
