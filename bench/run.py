@@ -338,6 +338,7 @@ def run_phases(args: argparse.Namespace, plan: Plan, ns: Namespace, wrk_path: st
     results["settings"] = {"WOTR_INGEST_QUEUE_MAX": queue_max,
                            "WOTR_INGEST_QUEUE_MAX_default": int(variable("WOTR_INGEST_QUEUE_MAX").default),
                            "WOTR_INGEST_FLUSHES": int(variable("WOTR_INGEST_FLUSHES").default),
+                           "WOTR_INGEST_IN_FLIGHT_MAX": int(variable("WOTR_INGEST_IN_FLIGHT_MAX").default),
                            "WOTR_ACCESS_LOG": variable("WOTR_ACCESS_LOG").default,
                            "WOTR_WRITE_KEY_CACHE_SECONDS": variable("WOTR_WRITE_KEY_CACHE_SECONDS").default}
     sat_c = plan.connections[0]

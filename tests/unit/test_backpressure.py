@@ -217,7 +217,7 @@ def test_the_api_sheds_batches_past_the_in_flight_bound_before_reading_them():
 
 def test_the_bounds_are_settings_with_defaults():
     s = Settings.from_env({})
-    assert (s.ingest_queue_max, s.batches_in_flight_max) == (2000, 8)
+    assert (s.ingest_queue_max, s.batches_in_flight_max, s.ingest_in_flight_max, s.ingest_flushes) == (2000, 8, 100, 1)
     container = build_container(Settings.from_env({"WOTR_PROFILE": "memory", "WOTR_INGEST_QUEUE_MAX": "5",
                                                    "WOTR_BATCHES_IN_FLIGHT_MAX": "3"}))
     assert container.group_commit().max_queued == 5 and container.batch_slots().limit == 3
@@ -479,3 +479,76 @@ def test_a_refused_request_that_expects_100_continue_gets_its_answer_and_a_close
         assert code == 503 and headers.get("connection") == "close"
         assert conn.recv(1024) == b""  # closed by the server
     assert switched.metadata_repo().count() == 0
+
+
+# -- the bound on requests in flight ---------------------------------------------------------
+
+
+def _gated_container(**env: str):
+    """The memory profile with its one flush held at a gate (and no shedding by sojourn)."""
+    container = build_container(Settings.from_env({"WOTR_PROFILE": "memory", **env}), with_workers=False)
+    gated = Gated(container.ingest_service().ingest_many)
+    container.group_commit.override(providers.Singleton(
+        GroupCommit, gated, flushes=1, max_wait=60, observer=container.telemetry().ingest))
+    return container, gated
+
+
+def test_past_the_in_flight_bound_the_server_refuses_at_the_connection():
+    """With WOTR_INGEST_IN_FLIGHT_MAX requests admitted and unanswered (one in a held flush,
+    one waiting for it), the next is refused at its headers, nothing of it written; once
+    they are answered they leave the count, and requests are served again."""
+    container, gated = _gated_container(WOTR_INGEST_IN_FLIGHT_MAX="2")
+    body = b'{"payload": {"n": 1}}'
+    with uvicorn_serving(container) as port:
+        conns = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(3)]
+        try:
+            conns[0].sendall(post("/ingest", body))
+            for _ in range(500):
+                if gated.entered.is_set():
+                    break
+                time.sleep(0.01)
+            conns[1].sendall(post("/ingest", b'{"payload": {"n": 2}}'))
+            time.sleep(0.2)  # admitted, and waiting for the held flush
+            conns[2].sendall(post("/ingest", b'{"payload": {"n": 3}}'))
+            refused = read_answer(conns[2].makefile("rb"))
+            held = not gated.gate.is_set()
+            gated.gate.set()
+            served = [read_answer(c.makefile("rb"))[0] for c in conns[:2]]
+            again = []
+            for conn in conns:  # the count went back down: one after the other, all served
+                conn.sendall(post("/ingest", b'{"payload": {"again": true}}'))
+                again.append(read_answer(conn.makefile("rb"))[0])
+            conns[0].sendall(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n")
+            _, _, metrics = read_answer(conns[0].makefile("rb"))
+        finally:
+            for conn in conns:
+                conn.close()
+    code, headers, answer = refused
+    assert held and code == 503 and headers["retry-after"] == "1"
+    assert msgspec.json.decode(answer) == {"status_code": 503, "error": "overloaded",
+                                           "detail": "api is unavailable: 2 requests are being served already"}
+    assert served == [202, 202] and again == [202, 202, 202]
+    assert container.metadata_repo().count() == 5  # n=1, n=2 and the three again: nothing of n=3
+    assert _shed_metric(metrics.decode()) == 1
+
+
+def test_past_the_in_flight_bound_the_middleware_refuses_too():
+    """The same bound where no protocol of ours admits (the ASGI middleware alone), and a
+    request that fails still leaves the count."""
+    container, gated = _gated_container(WOTR_INGEST_IN_FLIGHT_MAX="1")
+
+    async def scenario():
+        async with serving(container.app()) as client:
+            first = asyncio.create_task(client.post("/ingest", json={"payload": {"n": 0}}))
+            await until(gated.entered)
+            refused = await client.post("/ingest", json={"payload": {"n": 1}})
+            gated.gate.set()
+            answered = await first
+            invalid = await client.post("/ingest", content=b"{not json", headers={"content-type": "application/json"})
+            after = await client.post("/ingest", json={"payload": {"n": 2}})
+            return refused, answered, invalid, after
+
+    refused, answered, invalid, after = asyncio.run(scenario())
+    assert refused.status_code == 503 and "1 requests are being served already" in refused.json()["detail"]
+    assert answered.status_code == 202 and invalid.status_code == 400 and after.status_code == 202
+    assert container.metadata_repo().count() == 2

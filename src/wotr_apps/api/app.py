@@ -128,7 +128,7 @@ def create_app(parts: ApiParts) -> Litestar:
     cors = cors_config(settings.cors_origins)
     origins = OriginPolicy(cors)  # the tracking routes refuse other browser origins
     edge = IngestEdge(parts.ingest, group_commit, limits, batch_slots, origins)
-    admission = Admission(group_commit, LoopLag())
+    admission = Admission(group_commit, LoopLag(), max_in_flight=settings.ingest_in_flight_max)
     plugins: list[Any] = []
     middleware: list[Any] = []
     if telemetry is not None:

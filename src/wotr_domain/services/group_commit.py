@@ -218,9 +218,15 @@ class GroupCommit:
             reason = "the writes are behind: events wait longer than %.0f ms"
         else:
             return None
-        self._refused_at = self._clock()  # the overload goes on: strict for a while
+        return self.shed(reason % (self.max_wait * 1000))
+
+    def shed(self, reason: str) -> str:
+        """Count one request refused for `reason` (by this policy, or by a bound of the
+        caller's own) and return the reason: the overload goes on, so for a while any sojourn
+        above the target refuses (see `overloaded`)."""
+        self._refused_at = self._clock()
         self._observer.shed(1)
-        return reason % (self.max_wait * 1000)
+        return reason
 
     @property
     def retry_after(self) -> float:
