@@ -552,3 +552,21 @@ def test_past_the_in_flight_bound_the_middleware_refuses_too():
     assert refused.status_code == 503 and "1 requests are being served already" in refused.json()["detail"]
     assert answered.status_code == 202 and invalid.status_code == 400 and after.status_code == 202
     assert container.metadata_repo().count() == 2
+
+
+def test_a_request_that_asks_for_an_upgrade_never_holds_an_in_flight_slot():
+    """A `POST /ingest` asking to become a WebSocket leaves the HTTP protocol before the
+    application sees it: were it admitted at its headers, its slot would never come back."""
+    container, gated = _gated_container(WOTR_INGEST_IN_FLIGHT_MAX="1")
+    gated.gate.set()
+    upgrade = (b"Upgrade: websocket", b"Connection: Upgrade", b"Sec-WebSocket-Version: 13",
+               b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==")
+    with uvicorn_serving(container) as port:
+        for _ in range(3):
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+                conn.sendall(post("/ingest", b"", *upgrade))
+                assert conn.recv(1024)  # answered (refused as a WebSocket) whatever the answer
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+            conn.sendall(post("/ingest", b'{"payload": {"n": 1}}'))
+            code, _, answer = read_answer(conn.makefile("rb"))
+    assert code == 202, answer

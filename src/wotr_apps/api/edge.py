@@ -98,14 +98,9 @@ class Admission:
         self.max_in_flight = max_in_flight  # 0: no bound
         self.in_flight = 0  # admitted and not yet answered (the event loop's thread only: no lock)
 
-    def refusal(self) -> Overloaded | None:
-        """The refusal of one more request to a shed path now (counted as shed), or None:
-        the request is admitted, and counted in flight until `done`."""
-        reason = self.refusal_reason()
-        return None if reason is None else Overloaded("api", reason, retry_after=self.group_commit.retry_after)
-
-    def refusal_reason(self) -> str | None:
-        """`refusal` as its words only (see `GroupCommit.shed_reason`)."""
+    def admit(self) -> str | None:
+        """None when one more request to a shed path is admitted now (it counts in flight
+        until `done`); else why it is refused (counted as shed, see `GroupCommit.shed_reason`)."""
         if self.max_in_flight and self.in_flight >= self.max_in_flight:
             return self.group_commit.shed(f"{self.max_in_flight} requests are being served already")
         reason = self.group_commit.shed_reason(late=self.lag.lag)
@@ -169,13 +164,13 @@ def shed_early(admission: Admission) -> Any:
                 if scope["method"] != "POST" or scope["path"] not in admission.paths:
                     await app(scope, receive, send)
                     return
-                refused = admission.refusal()
-                if refused is not None:
+                reason = admission.admit()
+                if reason is not None:
                     more = True
                     while more:  # drain what the client sends (bounded by the server's own limits)
                         message = await receive()
                         more = message.get("more_body", False) and message["type"] == "http.request"
-                    body, retry = refusal_body(refused)
+                    body, retry = refusal_body(Overloaded("api", reason, retry_after=admission.retry_after))
                     await send({"type": "http.response.start", "status": 503, "headers": [
                         (b"content-type", b"application/json"), (b"retry-after", retry),
                         (b"content-length", str(len(body)).encode())]})

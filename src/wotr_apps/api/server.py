@@ -206,14 +206,14 @@ class HardenedHttpToolsProtocol(HttpToolsProtocol):
         module); True when it did. A request behind another one still in flight on this
         connection (pipelined) is left to the application's own check, in its turn."""
         admission = admission_on(self.loop)
-        if admission is None or self.parser.get_method() != b"POST":
-            return False
+        if admission is None or self.parser.get_method() != b"POST" or self.parser.should_upgrade():
+            return False  # an upgrade leaves this protocol: the application admits it, if at all
         if self.url.partition(b"?")[0] not in admission.raw_paths:
             return False
         cycle = self.cycle
         if cycle is not None and not cycle.response_complete:
             return False
-        reason = admission.refusal_reason()
+        reason = admission.admit()
         if reason is None:
             self.scope[ADMITTED] = monotonic()  # type: ignore[literal-required]  # served; its sojourn begins
             return False
