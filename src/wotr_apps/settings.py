@@ -332,7 +332,7 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("WOTR_INGEST_FLUSHES", "1", _integer(1),
              "writes of POST /ingest in progress at once (more hide a distant store's latency; one spends the least CPU per event)",
              "ingest_flushes"),
-    Variable("WOTR_INGEST_IN_FLIGHT_MAX", "100", _integer(0),
+    Variable("WOTR_INGEST_IN_FLIGHT_MAX", "75", _integer(0),
              "single-event requests being served at once before POST /ingest sheds (503; 0: no bound)",
              "ingest_in_flight_max"),
     Variable("WOTR_INGEST_MAX_WAIT_MS", "40", _number(1.0),
@@ -450,7 +450,7 @@ class Settings:
     rate_limit_burst: int = 0
     ingest_queue_max: int = 2000
     ingest_flushes: int = 1
-    ingest_in_flight_max: int = 100
+    ingest_in_flight_max: int = 75
     ingest_max_wait_ms: float = 40.0
     batches_in_flight_max: int = 8
     consumer_batch_size: int = 5_000

@@ -87,7 +87,7 @@ class Admission:
     whose body is still read, whose handler waits for the loop, or whose answer waits to be
     sent. On a saturated loop each of those waits grows with the number of requests
     admitted, so bounding them bounds an accepted request's latency (Little's law: at
-    2,000 requests/s, 100 in flight is 50 ms)."""
+    2,000 requests/s, 75 in flight is 37.5 ms)."""
 
     def __init__(self, group_commit: GroupCommit, lag: LoopLag, paths: frozenset[str] = _SHED_PATHS, *,
                  max_in_flight: int = 0) -> None:
