@@ -329,8 +329,8 @@ VARIABLES: tuple[Variable, ...] = (
              "rate_limit_burst"),
     Variable("WOTR_INGEST_QUEUE_MAX", "2000", _integer(1), "events waiting for a write before POST /ingest sheds (503)",
              "ingest_queue_max"),
-    Variable("WOTR_INGEST_FLUSHES", "1", _integer(1),
-             "writes of POST /ingest in progress at once (more hide a distant store's latency; one spends the least CPU per event)",
+    Variable("WOTR_INGEST_FLUSHES", "2", _integer(1),
+             "writes of POST /ingest in progress at once (more hide a distant store's latency; fewer spend less CPU per event)",
              "ingest_flushes"),
     Variable("WOTR_INGEST_IN_FLIGHT_MAX", "75", _integer(0),
              "single-event requests being served at once before POST /ingest sheds (503; 0: no bound)",
@@ -449,7 +449,7 @@ class Settings:
     rate_limit_per_second: float = 0.0
     rate_limit_burst: int = 0
     ingest_queue_max: int = 2000
-    ingest_flushes: int = 1
+    ingest_flushes: int = 2
     ingest_in_flight_max: int = 75
     ingest_max_wait_ms: float = 40.0
     batches_in_flight_max: int = 8

@@ -217,7 +217,7 @@ def test_the_api_sheds_batches_past_the_in_flight_bound_before_reading_them():
 
 def test_the_bounds_are_settings_with_defaults():
     s = Settings.from_env({})
-    assert (s.ingest_queue_max, s.batches_in_flight_max, s.ingest_in_flight_max, s.ingest_flushes) == (2000, 8, 75, 1)
+    assert (s.ingest_queue_max, s.batches_in_flight_max, s.ingest_in_flight_max, s.ingest_flushes) == (2000, 8, 75, 2)
     container = build_container(Settings.from_env({"WOTR_PROFILE": "memory", "WOTR_INGEST_QUEUE_MAX": "5",
                                                    "WOTR_BATCHES_IN_FLIGHT_MAX": "3"}))
     assert container.group_commit().max_queued == 5 and container.batch_slots().limit == 3

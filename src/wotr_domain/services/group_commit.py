@@ -114,9 +114,10 @@ class GroupCommit:
         """`write` is `IngestService.accept_many` or `ingest_many` (blocking; run on this
         policy's own threads, one per flush slot, so it never competes with the caller's
         thread pool): the answers, or the answers and a step to run once they are given
-        (the publish), on threads of its own (`_follow`). `flushes` writes run at once: one
-        spends the least CPU per event (the requests that arrive during a write go out together
-        in the next), more hide the latency of a distant store. `max_queued` bounds the events
+        (the publish), on threads of its own (`_follow`). `flushes` writes run at once: fewer
+        spend less CPU per event (the requests that arrive during the writes go out together
+        in the next), more overlap the caller's own work with the writes and hide the latency
+        of a distant store. `max_queued` bounds the events
         waiting for a slot (at least 1)."""
         if max_queued < 1:
             raise ValueError("max_queued must be at least 1")
