@@ -381,9 +381,10 @@ def _overload_table(results: dict) -> list[str]:
              f"so the API's own bound refuses the excess, not the generator's pool). API: `wotr serve --api-only` with "
              f"WOTR_INGEST_QUEUE_MAX={settings.get('WOTR_INGEST_QUEUE_MAX')} (wotr's default is "
              f"{settings.get('WOTR_INGEST_QUEUE_MAX_default')}); besides the queue, up to "
-             f"{settings.get('WOTR_INGEST_FLUSHES', 1)} flush(es) of up to 200 events in progress "
-             f"(WOTR_INGEST_FLUSHES), and at most {settings.get('WOTR_INGEST_IN_FLIGHT_MAX', 0)} requests admitted "
-             "and unanswered (WOTR_INGEST_IN_FLIGHT_MAX). Latency from each request's due time; accepted = 202, refused = 503.", "",
+             f"{settings.get('WOTR_INGEST_FLUSHES', 4)} flush(es) of up to 200 events in progress"
+             + (f" (WOTR_INGEST_FLUSHES), and at most {settings['WOTR_INGEST_IN_FLIGHT_MAX']} requests admitted and "
+                "unanswered (WOTR_INGEST_IN_FLIGHT_MAX)" if "WOTR_INGEST_IN_FLIGHT_MAX" in settings else "")
+             + ". Latency from each request's due time; accepted = 202, refused = 503.", "",
              "| offered | accepted | accepted p50 / p99 ms | refused (503) | refused p50 / p99 ms | first 503 after | "
              "other errors | generator | status |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]

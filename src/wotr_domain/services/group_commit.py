@@ -47,7 +47,7 @@ from ..errors import Overloaded, Unavailable
 from ..models import IngestRequest, Receipt
 from .observer import IngestObserver, NullObserver
 
-__all__ = ["DEFAULT_MAX_QUEUED", "GroupCommit", "InFlightLimit", "Written"]
+__all__ = ["DEFAULT_FLUSHES", "DEFAULT_MAX_QUEUED", "GroupCommit", "InFlightLimit", "Written"]
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,7 @@ DEFAULT_MAX_WAIT = 0.04  # seconds of sojourn the writes may run behind (the tar
 DEFAULT_STANDING = 0.05  # seconds the sojourn must stay above the target before a first refusal
 STRICT_FOR = 1.0  # seconds after a refusal during which any sojourn above the target refuses
 DEFAULT_MAX_EVENTS = 200  # events in one flush
+DEFAULT_FLUSHES = 2  # flushes written at once (WOTR_INGEST_FLUSHES)
 SHED_RETRY_AFTER = 1.0  # seconds a shed client is told to wait
 
 
@@ -102,7 +103,7 @@ class GroupCommit:
         self,
         write: Callable[[Sequence[IngestRequest]], Written],
         *,
-        flushes: int = 1,
+        flushes: int = DEFAULT_FLUSHES,
         max_events: int = DEFAULT_MAX_EVENTS,
         max_queued: int = DEFAULT_MAX_QUEUED,
         max_wait: float = DEFAULT_MAX_WAIT,
