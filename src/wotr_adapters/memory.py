@@ -16,7 +16,7 @@ import msgspec
 from wotr_domain.archive import dead_letter_for, dead_letter_topic
 from wotr_domain.codec import sha256_hex
 from wotr_domain.errors import Conflict, NotFound, Refused, Unavailable
-from wotr_domain.models import AnalyticsRow, BusMessage, Delivery, EventMetadata, EventStatus, ObjectRef, Recorded, WriteKey
+from wotr_domain.models import AnalyticsRow, ArchivedEvent, BusMessage, Delivery, EventMetadata, EventStatus, ObjectRef, Recorded, WriteKey
 
 __all__ = ["InMemoryAnalyticsSink", "InMemoryEventBus", "InMemoryKeyStore", "InMemoryMetadataRepo", "InMemoryObjectStore"]
 
@@ -246,6 +246,13 @@ class InMemoryMetadataRepo(_Switchable):
             self._up()
             rows = [r for r in self.rows.values() if start <= r.received_at < end]
         return iter(sorted(rows, key=lambda r: (r.object_key, -1 if r.line is None else r.line)))
+
+    def archived_between(self, start: datetime, end: datetime) -> Iterator[ArchivedEvent]:
+        with self._lock:
+            self._up()
+            rows = [ArchivedEvent(r.object_key, r.line, r.id, r.checksum)
+                    for r in self.rows.values() if start <= r.received_at < end]
+        return iter(rows)
 
     def count(self, status: EventStatus | None = None) -> int:
         with self._lock:

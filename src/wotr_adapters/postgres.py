@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from wotr_domain.errors import NotFound
-from wotr_domain.models import EventMetadata, EventStatus, Recorded
+from wotr_domain.models import ArchivedEvent, EventMetadata, EventStatus, Recorded
 
 from .connections import PostgresConnection
 from .postgres_common import Migrations, OnPooledSchema, PooledSchema, utc
@@ -143,6 +143,7 @@ class PostgresMetadataRepo(OnPooledSchema):
             "SELECT {columns} FROM {table} WHERE received_at >= %s AND received_at < %s "
             'ORDER BY object_key COLLATE "C", line NULLS FIRST'
         )
+        self._archived = q("SELECT object_key, line, id, checksum FROM {table} WHERE received_at >= %s AND received_at < %s")
         # Retention: one bounded batch per transaction, found through the reception index;
         # a row the relay or a marker holds is skipped this time, never waited for.
         self._prune = q(
@@ -223,6 +224,12 @@ class PostgresMetadataRepo(OnPooledSchema):
             cur.execute(self._received, (start, end))
             rows = cur.fetchall()
         return (_row(r) for r in rows)
+
+    def archived_between(self, start: datetime, end: datetime) -> Iterator[ArchivedEvent]:
+        with self._cursor() as cur:
+            cur.execute(self._archived, (start, end))
+            rows = cur.fetchall()
+        return (ArchivedEvent(*r) for r in rows)
 
     def count(self, status: EventStatus | None = None) -> int:
         with self._cursor() as cur:

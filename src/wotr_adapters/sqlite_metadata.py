@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from wotr_domain.errors import NotFound
-from wotr_domain.models import EventMetadata, EventStatus, Recorded
+from wotr_domain.models import ArchivedEvent, EventMetadata, EventStatus, Recorded
 
 from .sqlite_db import SqliteDatabase, from_text, to_text
 
@@ -174,6 +174,13 @@ class SqliteMetadataRepo:
             (to_text(start), to_text(end)),
         )
         return (_row(r) for r in rows)
+
+    def archived_between(self, start: datetime, end: datetime) -> Iterator[ArchivedEvent]:
+        rows = self._db.query(
+            "SELECT object_key, line, id, checksum FROM event_metadata WHERE received_at >= ? AND received_at < ?",
+            (to_text(start), to_text(end)),
+        )
+        return (ArchivedEvent(*r) for r in rows)
 
     def count(self, status: EventStatus | None = None) -> int:
         if status is None:

@@ -18,6 +18,7 @@ import msgspec
 
 __all__ = [
     "AnalyticsRow",
+    "ArchivedEvent",
     "BatchItemResult",
     "BusMessage",
     "Delivery",
@@ -74,6 +75,16 @@ class EventMetadata(msgspec.Struct, frozen=True, kw_only=True):
     type: str | None = None
     line: int | None = None  # the event's line in an NDJSON batch object; None: the object is the event
     fingerprint: str | None = None  # SHA-256 of what the client sent with its own id (`wotr_domain.archive.fingerprint`)
+
+
+class ArchivedEvent(msgspec.Struct, frozen=True, gc=False):
+    """Where one event's bytes are in the archive and their SHA-256: the part of its
+    metadata row a reader of the archive (the ETL) needs to find and verify them."""
+
+    object_key: str
+    line: int | None  # as `EventMetadata.line`: None when the object is the event
+    id: str
+    checksum: str
 
 
 class Recorded(msgspec.Struct, frozen=True, kw_only=True):

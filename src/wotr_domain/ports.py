@@ -11,7 +11,7 @@ from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Protocol, runtime_checkable
 
-from .models import AnalyticsRow, BusMessage, Delivery, EventMetadata, EventStatus, ObjectRef, Recorded, WriteKey
+from .models import AnalyticsRow, ArchivedEvent, BusMessage, Delivery, EventMetadata, EventStatus, ObjectRef, Recorded, WriteKey
 
 __all__ = ["AnalyticsSink", "EventBus", "KeyStore", "MetadataRepo", "ObjectStore", "Subscription"]
 
@@ -130,6 +130,15 @@ class MetadataRepo(Lifecycle, Protocol):
 
         What readers of the archive (ETL, replay) use to tell events from orphan objects
         and to verify each event's bytes against its checksum.
+        """
+
+    def archived_between(self, start: datetime, end: datetime) -> Iterator[ArchivedEvent]:
+        """Where the events received in [start, end) are archived, with their checksums, in
+        no given order.
+
+        The columns of `received_between` the ETL uses, read without the rest of each row
+        and without its order: at a million rows a day, building whole rows and sorting
+        them took seconds of the ETL's run.
         """
 
     def count(self, status: EventStatus | None = None) -> int:

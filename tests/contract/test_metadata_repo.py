@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from wotr_domain.errors import NotFound, Refused, Unavailable
-from wotr_domain.models import EventMetadata, EventStatus
+from wotr_domain.models import ArchivedEvent, EventMetadata, EventStatus
 
 T0 = datetime(2026, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
 
@@ -200,6 +200,22 @@ def test_received_between_lists_a_days_rows_by_object_and_line(metadata_repo):
     rows = list(metadata_repo.received_between(day, day + timedelta(days=1)))
     assert [r.id for r in rows] == ["rb-a", "rb-0", "rb-1", "rb-2", "rb-last"]
     assert rows[1] == batch[1]
+
+
+def test_archived_between_gives_where_a_days_events_are_and_their_checksums(metadata_repo):
+    day = datetime(2026, 3, 3, tzinfo=UTC)
+    batch = [meta(f"ab-{i}", day + timedelta(hours=2), object_key="raw/dt=2026-03-03/batch-b.ndjson", line=i,
+                  checksum=f"{i}" * 64) for i in (1, 0)]
+    lone = meta("ab-a", day, object_key="raw/dt=2026-03-03/a.json", checksum="a" * 64)
+    last = meta("ab-last", day + timedelta(hours=23, minutes=59, seconds=59, microseconds=999999))
+    metadata_repo.record(batch + [lone, last, meta("ab-before", day - timedelta(microseconds=1)),
+                                  meta("ab-next", day + timedelta(days=1))])
+    metadata_repo.mark_published(["ab-a"], day)  # published or not, an event is in the archive
+    entries = list(metadata_repo.archived_between(day, day + timedelta(days=1)))
+    assert sorted(entries, key=lambda e: e.id) == [
+        ArchivedEvent(m.object_key, m.line, m.id, m.checksum) for m in sorted([*batch, lone, last], key=lambda m: m.id)
+    ]
+    assert list(metadata_repo.archived_between(day - timedelta(days=2), day - timedelta(days=1))) == []
 
 
 def test_text_a_store_cannot_hold_is_refused_and_writes_nothing(metadata_repo):

@@ -29,7 +29,7 @@ from wotr_apps.etl.session import SparkOptions, hadoop_url, session_conf
 from wotr_apps.run_history import RunHistory, RunRecord, render_table
 from wotr_apps.settings import Settings
 from wotr_domain.errors import ConfigError, NotFound
-from wotr_domain.models import Event, EventMetadata
+from wotr_domain.models import ArchivedEvent, Event, EventMetadata
 
 D = date.fromisoformat
 
@@ -133,21 +133,20 @@ def test_history_table():
 # -- metadata --------------------------------------------------------------------------
 
 
-def test_a_days_metadata_rows_are_grouped_by_object_with_id_line_and_checksum():
+def test_a_days_archive_entries_are_grouped_by_object_with_id_line_and_checksum():
     from wotr_apps.etl.transform import metadata_rows  # pyspark is imported, no session is started
 
     day = D("2026-11-24")
-    at = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
-    rows = [EventMetadata(id=i, object_key=k, line=n, size=1, checksum=c, received_at=at)
-            for i, k, n, c in [("a", "raw/dt=2026-11-24/a.json", None, "ca"),
-                               ("b0", "raw/dt=2026-11-24/batch-b.ndjson", 0, "cb0"),
-                               ("b1", "raw/dt=2026-11-24/batch-b.ndjson", 1, "cb1")]]
-    assert metadata_rows((day, m) for m in rows) == [
+    entries = [ArchivedEvent(k, n, i, c)
+               for i, k, n, c in [("b1", "raw/dt=2026-11-24/batch-b.ndjson", 1, "cb1"),
+                                  ("a", "raw/dt=2026-11-24/a.json", None, "ca"),
+                                  ("b0", "raw/dt=2026-11-24/batch-b.ndjson", 0, "cb0")]]
+    assert metadata_rows((day, e) for e in entries) == [  # in no given order: grouped as they come
+        ("raw/dt=2026-11-24/batch-b.ndjson", day, [("b1", 1, "cb1"), ("b0", 0, "cb0")]),
         ("raw/dt=2026-11-24/a.json", day, [("a", None, "ca")]),
-        ("raw/dt=2026-11-24/batch-b.ndjson", day, [("b0", 0, "cb0"), ("b1", 1, "cb1")]),
     ]
-    late = msgspec.structs.replace(rows[1], id="b2", line=2)  # another day's row naming the same object
-    assert metadata_rows([(day, rows[1]), (D("2026-11-25"), late)]) == [
+    late = msgspec.structs.replace(entries[2], id="b2", line=2)  # another day's row naming the same object
+    assert metadata_rows([(day, entries[2]), (D("2026-11-25"), late)]) == [
         ("raw/dt=2026-11-24/batch-b.ndjson", day, [("b0", 0, "cb0"), ("b2", 2, "cb0")])]
     assert metadata_rows([]) == []
 

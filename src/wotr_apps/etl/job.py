@@ -24,7 +24,7 @@ from typing import Any
 import msgspec
 
 from wotr_domain.ids import new_event_id
-from wotr_domain.models import EventMetadata
+from wotr_domain.models import ArchivedEvent
 from wotr_domain.ports import MetadataRepo, ObjectStore
 
 from ..run_history import RunHistory, RunRecord
@@ -145,10 +145,10 @@ class EtlJob:
             classified.unpersist()
         return counts
 
-    def _metadata(self, day: date) -> Iterator[EventMetadata]:
-        """The metadata rows of the events received on `day` (UTC)."""
+    def _metadata(self, day: date) -> Iterator[ArchivedEvent]:
+        """Where the events received on `day` (UTC) are archived, with their checksums."""
         start = datetime(day.year, day.month, day.day, tzinfo=UTC)
-        return self._repo.received_between(start, start + timedelta(days=1))
+        return self._repo.archived_between(start, start + timedelta(days=1))
 
     def _write(self, frame: Any, uri: str, key: str, dates: list[date], filled: list[date], order: str) -> None:
         """Overwrite the partitions of `filled`; empty the other selected dates' partitions."""

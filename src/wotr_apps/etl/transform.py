@@ -22,7 +22,7 @@ from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql.types import StringType
 
-from wotr_domain.models import EventMetadata
+from wotr_domain.models import ArchivedEvent
 
 from .schema import CORRUPT, CURATED_SCHEMA, EVENT_COLUMNS, METADATA_SCHEMA, RAW_SCHEMA, REJECTED_SCHEMA, EventColumn
 
@@ -71,10 +71,11 @@ def raw_objects(spark: object, paths: list[str]) -> DataFrame:
 MetadataRow = tuple[str, date, list[tuple[str, int | None, str]]]
 
 
-def metadata_rows(rows: Iterable[tuple[date, EventMetadata]]) -> list[MetadataRow]:
-    """Metadata rows with the day each was asked for, grouped by object as `METADATA_SCHEMA` rows.
+def metadata_rows(rows: Iterable[tuple[date, ArchivedEvent]]) -> list[MetadataRow]:
+    """Archive entries with the day each was asked for, grouped by object as `METADATA_SCHEMA` rows.
 
-    One row per object key, whatever the days its events came from (its `dt` is the first).
+    One row per object key, whatever the days its events came from (its `dt` is the first),
+    in the order the objects first come; events in the order they come.
     """
     objects: dict[str, MetadataRow] = {}
     for day, m in rows:
