@@ -136,6 +136,10 @@ def session_conf(
         "spark.ui.showConsoleProgress": "true" if sys.stderr.isatty() else "false",
         "spark.driver.extraJavaOptions": f"-Dlog4j2.configurationFile=file:{_log_config()}",
         "spark.sql.session.timeZone": "UTC",
+        # The run's classified rows are cached once and read three times (counts, curated,
+        # rejected): compressing the cache cost about a tenth of a run's JVM samples at 1M
+        # events (the encoders' statistics), for memory the 4g heap has.
+        "spark.sql.inMemoryColumnarStorage.compressed": "false",
         "spark.sql.shuffle.partitions": "4",
         "spark.sql.sources.partitionOverwriteMode": "dynamic",
         "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",

@@ -161,7 +161,7 @@ def verify(objects: DataFrame, metadata: DataFrame) -> DataFrame:
             F.when(e["line"].isNull(), content).otherwise(F.encode(F.get(pieces, e["line"]), _BYTES_AS_TEXT)),
         ),
     )
-    non_empty = F.filter(F.transform(pieces, lambda p, i: F.when(F.length(p) > 0, i)), lambda i: i.isNotNull())
+    non_empty = F.filter(F.transform(pieces, lambda p, i: F.when(p != "", i)), lambda i: i.isNotNull())
     unnamed_lines = F.array_except(non_empty, F.transform(events, lambda e: e["line"]))
     orphan_lines = F.transform(unnamed_lines, lambda i: _unit(i, F.lit(None), F.lit(None), F.lit(None)))
     nothing = F.lit(None)
@@ -207,7 +207,12 @@ def classify(units: DataFrame) -> DataFrame:
     raw = F.make_valid_utf8(F.col("bytes").cast("string"))
     j = F.from_json("raw", RAW_SCHEMA, {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": CORRUPT})
     parsed = units.withColumn("raw", raw).withColumn("j", F.when(outcome == _VERIFIED, j))
-    value = {c.field: _value(c) for c in EVENT_COLUMNS}  # every event field, typed as its column
+    # Each field is parsed once, in a projection of its own: written inside the rules below,
+    # a timestamp would be parsed again by every rule that reads it, and the rules again
+    # where the raw text is kept.
+    typed = parsed.select("object_key", "dt", "line", "outcome", "raw", "j",
+                          *(_value(c).alias(c.name) for c in EVENT_COLUMNS))  # every event field, typed as its column
+    value = {c.field: F.col(c.name) for c in EVENT_COLUMNS}
     received, event_time = value["received_at"], value["timestamp"]
     reason = (
         F.when(outcome == CHECKSUM_MISMATCH, CHECKSUM_MISMATCH)
@@ -221,17 +226,10 @@ def classify(units: DataFrame) -> DataFrame:
         .when(F.col("j.timestamp").isNotNull() & event_time.isNull(), "timestamp is not a timestamp")
         .when(F.to_date(received) != F.col("dt"), "received_at is not on the date of its object key")
     )
-    fields = parsed.select(
-        "object_key",
-        "dt",
-        "line",
-        "outcome",
-        # The text is kept only where it is rejected (`rejected_rows`): the other rows go
-        # through the shuffle for duplicates and the run's cache without it.
-        F.when((outcome != _VERIFIED) | reason.isNotNull(), F.col("raw")).alias("raw"),
-        *(value[c.field].alias(c.name) for c in EVENT_COLUMNS),
-        reason.alias("reason"),
-    )
+    judged = typed.select("object_key", "dt", "line", "outcome", "raw", *value.values(), reason.alias("reason"))
+    # The text is kept only where it is rejected (`rejected_rows`): the other rows go
+    # through the shuffle for duplicates and the run's cache without it.
+    fields = judged.withColumn("raw", F.when((outcome != _VERIFIED) | F.col("reason").isNotNull(), F.col("raw")))
     valid = (F.col("outcome") == _VERIFIED) & F.col("reason").isNull()
     # The earliest copy of an id wins; key and line break ties so reruns pick the same one.
     order = Window.partitionBy(valid, "id").orderBy("received_at", "object_key", "line")
