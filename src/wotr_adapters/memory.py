@@ -16,7 +16,17 @@ import msgspec
 from wotr_domain.archive import dead_letter_for, dead_letter_topic
 from wotr_domain.codec import sha256_hex
 from wotr_domain.errors import Conflict, NotFound, Refused, Unavailable
-from wotr_domain.models import AnalyticsRow, ArchivedEvent, BusMessage, Delivery, EventMetadata, EventStatus, ObjectRef, Recorded, WriteKey
+from wotr_domain.models import (
+    AnalyticsRow,
+    ArchivedEvent,
+    BusMessage,
+    Delivery,
+    EventMetadata,
+    EventStatus,
+    ObjectRef,
+    Recorded,
+    WriteKey,
+)
 
 __all__ = ["InMemoryAnalyticsSink", "InMemoryEventBus", "InMemoryKeyStore", "InMemoryMetadataRepo", "InMemoryObjectStore"]
 

@@ -143,7 +143,9 @@ class PostgresMetadataRepo(OnPooledSchema):
             "SELECT {columns} FROM {table} WHERE received_at >= %s AND received_at < %s "
             'ORDER BY object_key COLLATE "C", line NULLS FIRST'
         )
-        self._archived = q("SELECT object_key, line, id, checksum FROM {table} WHERE received_at >= %s AND received_at < %s")
+        self._archived = q(
+            "SELECT object_key, line, id, checksum FROM {table} WHERE received_at >= %s AND received_at < %s"
+        )
         # Retention: one bounded batch per transaction, found through the reception index;
         # a row the relay or a marker holds is skipped this time, never waited for.
         self._prune = q(

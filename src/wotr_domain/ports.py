@@ -11,7 +11,17 @@ from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Protocol, runtime_checkable
 
-from .models import AnalyticsRow, ArchivedEvent, BusMessage, Delivery, EventMetadata, EventStatus, ObjectRef, Recorded, WriteKey
+from .models import (
+    AnalyticsRow,
+    ArchivedEvent,
+    BusMessage,
+    Delivery,
+    EventMetadata,
+    EventStatus,
+    ObjectRef,
+    Recorded,
+    WriteKey,
+)
 
 __all__ = ["AnalyticsSink", "EventBus", "KeyStore", "MetadataRepo", "ObjectStore", "Subscription"]
 
